@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make distill` (the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist
+RUN ?= runs/fashion-mnist-ipc1
+export CUDA_HOME ?= /usr/local/cuda
+
+.PHONY: setup data build distill test bench clean
+
+setup: $(VENV)/.deps build data
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# The compiled extension (CPU kernels, plus CUDA kernels when nvcc is present).
+build: $(VENV)/.built
+$(VENV)/.built: $(VENV)/.deps setup.py $(shell find csrc kernels -type f 2>/dev/null)
+	$(PY) -m pip install -q -e . --no-build-isolation --no-deps
+	touch $@
+
+# Fashion-MNIST offline from the Debian package when apt is there; otherwise torchvision downloads it.
+data:
+	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist || \
+		echo "dataset-fashion-mnist not installable; Fashion-MNIST will be downloaded into ./data"; fi
+
+distill: setup
+	$(PY) -m udd_fast distill --dataset fashion-mnist --ipc 1 --preset cpu-quick --out $(RUN) --evaluate --baseline
+
+test: setup
+	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) -m pytest bench --benchmark-only -q
+
+clean:
+	rm -rf build *.egg-info udd_fast/_C*.so $(VENV)/.built

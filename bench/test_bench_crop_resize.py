@@ -1,0 +1,81 @@
+"""crop_resize forward + backward, in ms per synthetic image: the compiled op against a loop of crops with
+``F.interpolate(mode="bilinear", align_corners=False)`` and against torchvision ``roi_align``.
+
+Run with ``pytest bench/test_bench_crop_resize.py --benchmark-only``; results of one shape and device share a
+benchmark group, and ``extra_info["ms_per_image"]`` makes them comparable across shapes.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from udd_fast import _extension
+from udd_fast.regions import candidate_windows
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# (name, images B, channels, size, windows per image P)
+SHAPES = [
+    ("fmnist28", 10, 1, 28, 8),
+    ("fmnist28", 100, 1, 28, 8),
+    ("cifar32", 10, 3, 32, 8),
+    ("cifar32", 100, 3, 32, 8),
+    ("imagenet224", 10, 3, 224, 8),
+]
+
+
+def extension_impl(images, windows, index):
+    return torch.ops.udd_fast.crop_resize(images, windows, index, False)
+
+
+def interpolate_loop_impl(images, windows, index):
+    _, _, h, w = images.shape
+    scale = torch.tensor([h, w, h, w], dtype=torch.float32)
+    boxes = (windows.cpu() * scale).round().long().tolist()
+    crops = []
+    for b, row in enumerate(index.cpu().tolist()):
+        for k in row:
+            y0, x0, y1, x1 = boxes[k]
+            crop = images[b:b + 1, :, y0:y1, x0:x1]
+            crops.append(F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False))
+    return torch.cat(crops)
+
+
+def roi_align_impl(images, windows, index):
+    b, _, h, w = images.shape
+    scale = torch.tensor([h, w, h, w], dtype=images.dtype, device=images.device)
+    boxes = windows[index.flatten()] * scale
+    batch = torch.arange(b, device=images.device).repeat_interleave(index.shape[1]).to(images.dtype)
+    rois = torch.stack([batch, boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]], dim=1)
+    return roi_align(images, rois, (h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+
+
+IMPLS = {"extension": extension_impl, "interpolate_loop": interpolate_loop_impl, "roi_align": roi_align_impl}
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}-B{s[1]}" for s in SHAPES])
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_resize_forward_backward(benchmark, device, shape, impl):
+    if impl == "extension" and not _extension.available():
+        pytest.skip("udd_fast extension not built")
+    name, b, c, size, p = shape
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(b, c, size, size, generator=gen).to(device).requires_grad_()
+    windows = candidate_windows().to(device)
+    index = torch.stack([torch.randperm(len(windows), generator=gen)[:p] for _ in range(b)]).to(device)
+    grad = torch.randn(b * p, c, size, size, generator=gen).to(device)
+    fn = IMPLS[impl]
+
+    def step():
+        images.grad = None
+        fn(images, windows, index).backward(grad)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.group = f"crop_resize fwd+bwd {name} B={b} C={c} P={p} {device}"
+    benchmark.extra_info.update(device=device, images=b, channels=c, size=size, windows_per_image=p,
+                                threads=torch.get_num_threads())
+    benchmark(step)
+    benchmark.extra_info["ms_per_image"] = benchmark.stats.stats.mean * 1e3 / b

@@ -1,0 +1,9 @@
+"""Triton kernels behind :mod:`udd_fast.ops`: one module per op, each a kernel plus its Python wrapper.
+
+On CPU tensors they run only under the Triton interpreter (``TRITON_INTERPRET=1`` set before import).
+"""
+from .jitter import jitter
+from .jitter_score import jitter_score
+from .window_pool import window_pool
+
+__all__ = ["window_pool", "jitter_score", "jitter"]

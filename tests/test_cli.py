@@ -1,0 +1,61 @@
+"""The command line: one-line errors that name the fix, and a small run through every command."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from udd_fast.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "udd_fast", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["distill", "--dataset", "fashion-mnist", "--ipc", "1", "--preset", "turbo", "--out", "x"], "invalid choice"),
+    (["distill", "--dataset", "imagenet", "--ipc", "1", "--out", "x"], "invalid choice"),
+    (["distill", "--dataset", "fashion-mnist", "--ipc", "7000", "--out", "{tmp}"], "ipc=7000"),
+    (["distill", "--dataset", "fashion-mnist", "--ipc", "1", "--p", "13", "--out", "{tmp}"], "P=13"),
+    (["evaluate", "{tmp}/missing.safetensors"], "no synthetic set"),
+])
+def test_bad_input_is_one_line(tmp_path, args, needle):
+    r = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.returncode == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error") or "error:" in ln]) == 1
+
+
+def test_image_too_small_for_windows(tmp_path, monkeypatch, capsys):
+    from udd_fast import cli
+    from udd_fast.data import RealData
+
+    tiny = RealData.from_tensors(torch.rand(20, 1, 4, 4), torch.arange(20) % 10, name="tiny")
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: tiny)
+    assert main(["distill", "--dataset", "mnist", "--ipc", "1", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "too small for windows" in capsys.readouterr().err
+
+
+def test_distill_evaluate_show_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
+    from udd_fast import cli
+    from udd_fast.data import RealData
+
+    g = torch.Generator().manual_seed(0)
+    tiny = RealData.from_tensors(torch.rand(40, 1, 12, 12, generator=g), torch.arange(40) % 4, name="tiny")
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: tiny)
+    out = tmp_path / "run"
+    assert main(["distill", "--dataset", "mnist", "--ipc", "1", "--out", str(out), "--outer", "1", "--inner", "2",
+                 "--width", "8", "--evaluate", "--baseline", "--epochs", "2", "--repeats", "2", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"udd", "random", "form", "distill_wall_s", "config"} <= set(metrics)
+    assert metrics["udd"]["train_images"] == 4 and len(metrics["udd"]["accs"]) == 2
+    assert (out / "grid.png").exists() and (out / "synset.safetensors").exists()
+    assert main(["evaluate", str(out / "synset.safetensors"), "--expand", "yes", "--epochs", "1", "--repeats", "1",
+                 "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["train_images"] == 4 * 13
+    assert main(["show", str(out / "synset.safetensors"), "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").exists()
+    assert main(["baseline", "--dataset", "mnist", "--ipc", "2", "--method", "herding", "--epochs", "1",
+                 "--repeats", "1", "--quiet"]) == 0
+    assert "herding, ipc 2" in capsys.readouterr().out

@@ -1,0 +1,96 @@
+"""Loaders on small files written in the datasets' own on-disk formats."""
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from udd_fast.data import RealData, load_dataset
+from udd_fast.errors import UDDError
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
+def test_idx_loader(tmp_path, name):
+    rng = np.random.default_rng(0)
+    d = tmp_path / name
+    d.mkdir()
+    for split, n in (("train", 30), ("t10k", 10)):
+        write_idx(d / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(d / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    train = load_dataset(name, True, tmp_path)
+    test = load_dataset(name, False, tmp_path)
+    assert train.images.shape == (30, 1, 28, 28) and test.images.shape == (10, 1, 28, 28)
+    assert 0 <= train.images.min() and train.images.max() <= 1 and train.num_classes == 10
+    assert train.flip == (name == "fashion-mnist")
+
+
+@pytest.fixture
+def skip_checksums(monkeypatch):
+    """Generated files cannot match the published checksums; everything after the check is real."""
+    import torchvision
+    for cls in (torchvision.datasets.CIFAR10, torchvision.datasets.SVHN):
+        monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+
+
+def test_cifar10_loader_from_its_pickle_batches(tmp_path, skip_checksums):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
+    d = load_dataset("cifar10", True, tmp_path, download=False)
+    assert d.images.shape == (50, 3, 32, 32) and d.num_classes == 10 and d.flip
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    d = load_dataset("imagefolder", root=tmp_path, size=16)
+    assert d.images.shape == (6, 3, 16, 16) and d.num_classes == 2 and d.class_batch(1, 2).shape[0] == 2
+
+
+def test_from_tensors_stats_and_sampling():
+    x = torch.rand(20, 3, 8, 8)
+    y = torch.arange(20) % 4
+    d = RealData.from_tensors(x, y)
+    assert len(d.mean) == 3 and d.num_classes == 4
+    assert d.class_batch(2, 3).shape == (3, 3, 8, 8)
+    torch.testing.assert_close(d.normalize(x).mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_give_one_line_errors():
+    with pytest.raises(UDDError, match="NaN or Inf"):
+        RealData.from_tensors(torch.full((4, 1, 8, 8), float("nan")), torch.arange(4))
+    with pytest.raises(UDDError, match="channel"):
+        RealData(torch.rand(4, 3, 8, 8), torch.arange(4), (0.5,), (0.5,))
+    with pytest.raises(UDDError, match="no samples"):
+        RealData.from_tensors(torch.rand(4, 1, 8, 8), torch.tensor([0, 0, 2, 2]))
+    with pytest.raises(UDDError, match="ipc=5"):
+        RealData.from_tensors(torch.rand(4, 1, 8, 8), torch.tensor([0, 0, 1, 1])).check_ipc(5)
+    with pytest.raises(UDDError, match="unknown dataset"):
+        load_dataset("imagenet-21k")
+    with pytest.raises(UDDError, match=r"\(N, C, H, W\)"):
+        RealData.from_tensors(torch.rand(4, 8, 8), torch.arange(4))
+
+
+def test_svhn_loader_from_its_mat_file(tmp_path, skip_checksums):
+    from scipy.io import savemat
+    rng = np.random.default_rng(2)
+    savemat(tmp_path / "train_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 10), dtype=np.uint8),
+                                           "y": np.array([[10], [1], [2], [3], [4], [5], [6], [7], [8], [9]])})
+    d = load_dataset("svhn", True, tmp_path, download=False)
+    assert d.images.shape == (10, 3, 32, 32) and d.labels.tolist() == list(range(10)) and not d.flip

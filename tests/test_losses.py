@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from udd_fast.errors import UDDError
+from udd_fast.losses import cfc_loss, distance, ema_update, grad_match, matched_names
+from udd_fast.models import ConvNet
+
+
+def test_distances_by_hand():
+    r = [torch.tensor([[1.0, 2.0], [0.0, 1.0]])]
+    s = [torch.tensor([[0.0, 2.0], [1.0, 1.0]])]
+    assert distance(r, s, "mse").item() == pytest.approx(2.0)
+    assert distance(r, s, "l1").item() == pytest.approx(2.0)
+    # rows: cos((1,2),(0,2)) = 4/(sqrt5*2); cos((0,1),(1,1)) = 1/sqrt2
+    want = (1 - 4 / (math.sqrt(5) * 2)) + (1 - 1 / math.sqrt(2))
+    assert distance(r, s, "cos").item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(UDDError):
+        distance(r, s, "bogus")
+
+
+def test_matched_names_conv_weights_by_default():
+    net = ConvNet(1, 10, 28, width=4)
+    assert matched_names(net) == ["blocks.0.0.weight", "blocks.1.0.weight", "blocks.2.0.weight"]
+    assert "classifier.weight" in matched_names(net, "conv+fc")
+    assert len(matched_names(net, "all")) == len(list(net.parameters()))
+
+
+def test_grad_match_zero_for_identical_batches_and_differentiable():
+    torch.manual_seed(0)
+    net = ConvNet(1, 3, 28, width=4)
+    params = dict(net.named_parameters())
+    x = torch.rand(4, 1, 28, 28)
+    y = torch.tensor([0, 1, 2, 0])
+    syn = x.clone().requires_grad_(True)
+    loss, emb = grad_match(net, params, matched_names(net), x, y, syn, y, "mse")
+    assert loss.item() == pytest.approx(0.0, abs=1e-10) and emb.shape == (4, 64)
+    other = torch.rand(4, 1, 28, 28, requires_grad=True)
+    loss, _ = grad_match(net, params, matched_names(net), x, y, other, y, "l1")
+    loss.backward()
+    assert loss.item() > 0 and other.grad.abs().sum() > 0
+
+
+def test_cfc_loss_by_hand():
+    f = torch.tensor([1.0, 0.0])
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    tau = 0.7
+    # sims: 1, 0, -1 ; loss for c=0 = -(1/tau) + log(exp(0) + exp(-1/tau))
+    want = -1 / tau + math.log(1 + math.exp(-1 / tau))
+    assert cfc_loss(f, bank, 0, tau).item() == pytest.approx(want, rel=1e-6)
+    # for c=1: positive sim 0, negatives 1 and -1
+    want1 = 0 + math.log(math.exp(1 / tau) + math.exp(-1 / tau))
+    assert cfc_loss(f, bank, 1, tau).item() == pytest.approx(want1, rel=1e-6)
+
+
+def test_ema_update_formula_and_detached():
+    bank = torch.zeros(2, 2)
+    f = torch.tensor([2.0, 4.0], requires_grad=True)
+    new = ema_update(bank, 1, f, alpha=0.5)
+    assert new.tolist() == [[0, 0], [1, 2]] and bank.abs().sum() == 0 and not new.requires_grad

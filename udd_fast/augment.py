@@ -1,0 +1,144 @@
+"""DSA: differentiable Siamese augmentation (Zhao & Bilen), on normalized images.
+
+One call to :meth:`DSA.sample` draws the parameters; :meth:`DSA.apply` applies them to any batch. Drawing
+once with ``siamese=True`` and applying the draw to both the real and the synthetic batch is what makes the
+augmentation Siamese: both batches see the same transform, so their gradients stay comparable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
+@dataclass(frozen=True)
+class DSAParams:
+    """Strengths of the DSA transforms (defaults of the DC/DSA code)."""
+
+    scale: float = 1.2
+    rotate: float = 15.0
+    crop: float = 0.125
+    cutout: float = 0.5
+    brightness: float = 1.0
+    saturation: float = 2.0
+    contrast: float = 0.5
+
+
+class DSA:
+    """Differentiable augmentation.
+
+    ``strategy`` joins transform names with ``_`` (e.g. ``"color_crop_cutout_flip_scale_rotate"``).
+    ``mode="all"`` applies every transform in turn (IDC); ``mode="single"`` applies one transform chosen at
+    random per draw (DSA's default). ``flip=False`` drops flips (digits, house numbers).
+    """
+
+    def __init__(self, strategy: str = "color_crop_cutout", mode: str = "all", flip: bool = True,
+                 params: DSAParams = DSAParams()):
+        names = [t for t in strategy.split("_") if t and t != "none"]
+        unknown = sorted(set(names) - set(TRANSFORMS))
+        if unknown:
+            raise ValueError(f"unknown DSA transform(s) {unknown}; choose from {', '.join(TRANSFORMS)}")
+        if mode not in ("all", "single"):
+            raise ValueError(f"DSA mode must be 'all' or 'single', got {mode!r}")
+        self.names = [t for t in names if flip or t != "flip"]
+        self.mode = mode
+        self.p = params
+
+    def sample(self, n: int, size: tuple[int, int], device=None, siamese: bool = False) -> dict:
+        """Draw parameters for a batch of ``n`` images of ``size`` (one shared draw when ``siamese``)."""
+        k = 1 if siamese else n
+        names = self.names
+        if self.mode == "single" and names:
+            names = [names[int(torch.randint(len(names), (1,)))]]
+        p, h, w = self.p, size[0], size[1]
+
+        def u(*shape):
+            return torch.rand(k, *shape, device=device)
+
+        draws = {}
+        for name in names:
+            if name == "color":
+                draws[name] = (u() - 0.5) * p.brightness, u() * p.saturation, u() + p.contrast
+            elif name == "crop":
+                sh, sw = int(h * p.crop + 0.5), int(w * p.crop + 0.5)
+                draws[name] = (torch.randint(-sh, sh + 1, (k,), device=device),
+                               torch.randint(-sw, sw + 1, (k,), device=device))
+            elif name == "cutout":
+                ch, cw = int(h * p.cutout + 0.5), int(w * p.cutout + 0.5)
+                draws[name] = (ch, cw, torch.randint(0, h + (1 - ch % 2), (k,), device=device),
+                               torch.randint(0, w + (1 - cw % 2), (k,), device=device))
+            elif name == "flip":
+                draws[name] = u() < 0.5
+            elif name == "scale":
+                lo = 1.0 / p.scale
+                draws[name] = u() * (p.scale - lo) + lo, u() * (p.scale - lo) + lo
+            elif name == "rotate":
+                draws[name] = (u() - 0.5) * 2 * p.rotate / 180 * math.pi
+        return draws
+
+    def apply(self, x: torch.Tensor, draws: dict) -> torch.Tensor:
+        """Apply drawn parameters to ``x`` (B, C, H, W); a draw of size 1 is broadcast over the batch."""
+        for name, d in draws.items():
+            x = getattr(self, "_" + name)(x, d)
+        return x
+
+    def __call__(self, x: torch.Tensor, siamese: bool = False) -> torch.Tensor:
+        return self.apply(x, self.sample(x.shape[0], x.shape[-2:], x.device, siamese))
+
+    @staticmethod
+    def _color(x, d):
+        brightness, saturation, contrast = (v.view(-1, 1, 1, 1).to(x.dtype) for v in d)
+        x = x + brightness
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * saturation + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) * contrast + mean
+
+    @staticmethod
+    def _crop(x, d):
+        b, _, h, w = x.shape
+        dy, dx = (v.expand(b) for v in d)
+        # integer translation with zero fill, done as a gather so each sample may move differently
+        ys = torch.arange(h, device=x.device)[None, :] - dy[:, None]
+        xs = torch.arange(w, device=x.device)[None, :] - dx[:, None]
+        valid = ((ys >= 0) & (ys < h))[:, None, :, None] & ((xs >= 0) & (xs < w))[:, None, None, :]
+        ys, xs = ys.clamp(0, h - 1), xs.clamp(0, w - 1)
+        rows = torch.gather(x, 2, ys[:, None, :, None].expand(b, x.shape[1], h, w))
+        out = torch.gather(rows, 3, xs[:, None, None, :].expand(b, x.shape[1], h, w))
+        return out * valid.to(x.dtype)
+
+    @staticmethod
+    def _cutout(x, d):
+        b, _, h, w = x.shape
+        ch, cw, cy, cx = d
+        cy, cx = cy.expand(b), cx.expand(b)
+        ys = torch.arange(h, device=x.device)[None, :]
+        xs = torch.arange(w, device=x.device)[None, :]
+        inside_y = (ys >= (cy - ch // 2)[:, None]) & (ys < (cy - ch // 2 + ch)[:, None])
+        inside_x = (xs >= (cx - cw // 2)[:, None]) & (xs < (cx - cw // 2 + cw)[:, None])
+        mask = ~(inside_y[:, :, None] & inside_x[:, None, :])
+        return x * mask[:, None].to(x.dtype)
+
+    @staticmethod
+    def _flip(x, d):
+        return torch.where(d.view(-1, 1, 1, 1), x.flip(3), x)
+
+    @staticmethod
+    def _affine(x, theta):
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3).to(x.dtype), list(x.shape), align_corners=True)
+        return F.grid_sample(x, grid, align_corners=True)
+
+    def _scale(self, x, d):
+        sx, sy = d
+        zero = torch.zeros_like(sx)
+        theta = torch.stack([torch.stack([sx, zero, zero], -1), torch.stack([zero, sy, zero], -1)], 1)
+        return self._affine(x, theta)
+
+    def _rotate(self, x, d):
+        c, s, zero = torch.cos(d), torch.sin(d), torch.zeros_like(d)
+        theta = torch.stack([torch.stack([c, s, zero], -1), torch.stack([-s, c, zero], -1)], 1)
+        return self._affine(x, theta)

@@ -1,0 +1,180 @@
+"""Command line: ``python -m udd_fast distill | evaluate | baseline | show``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from udd_fast.config import PRESETS, preset
+from udd_fast.data import DATASETS, load_dataset
+from udd_fast.distiller import Distiller
+from udd_fast.errors import UDDError
+from udd_fast.evaluate import EvalProtocol, evaluate, evaluate_images, herding_coreset, random_coreset
+from udd_fast.models import MODELS
+from udd_fast.regions import POLICIES
+from udd_fast.synset import SyntheticSet
+
+DATASET_CHOICES = [*DATASETS, "imagefolder"]
+
+
+def _protocol(args) -> EvalProtocol:
+    return EvalProtocol(model=args.eval_model, epochs=args.epochs, repeats=args.repeats)
+
+
+def _fmt(r: dict) -> str:
+    return f"{r['mean']:.2f} ± {r['std']:.2f} % ({r['train_images']} training images, mUE {r['mue']:.3f})"
+
+
+def cmd_distill(args) -> dict:
+    train = load_dataset(args.dataset, True, args.data_root, args.size)
+    cfg = preset(args.preset, args.dataset, args.ipc)
+    changes = {k: v for k, v in {"factor": args.factor, "outer": args.outer, "inner": args.inner,
+                                 "width": args.width, "seed": args.seed, "lam": args.lam}.items() if v is not None}
+    if args.no_cfc:
+        changes["cfc"] = False
+    if args.policy is not None:
+        changes["regions"] = {"policy": None if args.policy == "none" else args.policy}
+    if args.p is not None:
+        changes.setdefault("regions", {})["p"] = args.p
+    cfg = cfg.replace(**changes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    distiller = Distiller(train, cfg, args.device, out)
+    syn = distiller.run(progress=not args.quiet)
+    syn.grid_png(out / "grid.png")
+    if syn.factor > 1:
+        syn.grid_png(out / "grid_decoded.png", decoded=True)
+    metrics = {"dataset": args.dataset, "ipc": args.ipc, "preset": args.preset, "form": syn.form(),
+               "distill_wall_s": distiller.wall_time, "config": json.loads(cfg.to_json())}
+    print(f"distilled {len(syn.labels)} images in {distiller.wall_time:.0f} s -> {out / 'synset.safetensors'}")
+    if args.evaluate:
+        test = load_dataset(args.dataset, False, args.data_root, args.size)
+        proto = _protocol(args)
+        metrics["udd"] = evaluate(syn, test, proto, device=args.device, progress=not args.quiet)
+        print(f"UDD ({syn.form()}): {_fmt(metrics['udd'])}")
+        if args.baseline:
+            metrics["random"] = _random(train, test, args.ipc, proto, args)
+            print(f"Random real, ipc {args.ipc}: {_fmt(metrics['random'])}")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _random(train, test, ipc, proto, args) -> dict:
+    """Random real images, averaged over ``proto.repeats`` selections (one network each)."""
+    runs = [evaluate_images(*random_coreset(train, ipc, seed), test, EvalProtocol(**{**proto.__dict__, "repeats": 1}),
+                            args.device, seed, progress=False) for seed in range(proto.repeats)]
+    accs = torch.tensor([r["mean"] for r in runs])
+    return {"mean": accs.mean().item(), "std": accs.std(unbiased=False).item(), "accs": accs.tolist(),
+            "train_images": runs[0]["train_images"], "mue": sum(r["mue"] for r in runs) / len(runs),
+            "selections": len(runs), "protocol": runs[0]["protocol"]}
+
+
+def cmd_evaluate(args) -> dict:
+    syn = SyntheticSet.load(args.path)
+    test = load_dataset(args.dataset or syn.dataset, False, args.data_root, args.size)
+    expand = {"yes": True, "no": False, "saved": None}[args.expand]
+    result = evaluate(syn, test, _protocol(args), expand, args.device, progress=not args.quiet)
+    print(f"{args.path}: {_fmt(result)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cmd_baseline(args) -> dict:
+    train = load_dataset(args.dataset, True, args.data_root, args.size)
+    test = load_dataset(args.dataset, False, args.data_root, args.size)
+    train.check_ipc(args.ipc)
+    proto = _protocol(args)
+    if args.method == "random":
+        result = _random(train, test, args.ipc, proto, args)
+    else:
+        result = evaluate_images(*herding_coreset(train, args.ipc), test, proto, args.device, progress=not args.quiet)
+    print(f"{args.method}, ipc {args.ipc}: {_fmt(result)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cmd_show(args) -> None:
+    syn = SyntheticSet.load(args.path)
+    out = args.out or str(Path(args.path).with_suffix(".png"))
+    syn.grid_png(out, args.scale, args.decoded)
+    print(f"{syn.dataset}: {len(syn.labels)} images ({syn.form()}) -> {out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m udd_fast", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q, dataset_required=True):
+        q.add_argument("--dataset", choices=DATASET_CHOICES, required=dataset_required)
+        q.add_argument("--data-root", default=None, help="folder with the dataset (default: ./data or $UDD_FAST_DATA)")
+        q.add_argument("--size", type=int, default=224, help="image size for imagefolder datasets")
+        q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def protocol(q):
+        q.add_argument("--epochs", type=int, default=300)
+        q.add_argument("--repeats", type=int, default=3)
+        q.add_argument("--eval-model", choices=MODELS, default="convnet")
+
+    d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
+    common(d)
+    d.add_argument("--ipc", type=int, required=True, help="synthetic images per class")
+    d.add_argument("--preset", choices=PRESETS, default="cpu-quick")
+    d.add_argument("--out", required=True, help="run directory")
+    d.add_argument("--policy", choices=[*POLICIES, "none"], help="region policy ('none': IDC-style)")
+    d.add_argument("--p", type=int, help="windows chosen per image")
+    d.add_argument("--no-cfc", action="store_true", help="drop the CFC loss")
+    d.add_argument("--lam", type=float, help="CFC loss weight")
+    d.add_argument("--factor", type=int, help="multi-formation factor")
+    d.add_argument("--outer", type=int)
+    d.add_argument("--inner", type=int)
+    d.add_argument("--width", type=int)
+    d.add_argument("--seed", type=int)
+    d.add_argument("--evaluate", action="store_true", help="evaluate the result when done")
+    d.add_argument("--baseline", action="store_true", help="with --evaluate, also score random real images")
+    protocol(d)
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("evaluate", help="train fresh networks on a synthetic set and test them")
+    e.add_argument("path")
+    common(e, dataset_required=False)
+    e.add_argument("--expand", choices=["saved", "yes", "no"], default="saved",
+                   help="train on the set expanded by its candidate windows (default: as saved)")
+    e.add_argument("--json", help="write the result here")
+    protocol(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("baseline", help="score a coreset of real images (random or herding)")
+    common(b)
+    b.add_argument("--ipc", type=int, required=True)
+    b.add_argument("--method", choices=["random", "herding"], default="random")
+    b.add_argument("--json")
+    protocol(b)
+    b.set_defaults(func=cmd_baseline)
+
+    s = sub.add_parser("show", help="save a PNG grid of a synthetic set")
+    s.add_argument("path")
+    s.add_argument("--out")
+    s.add_argument("--scale", type=int, default=3)
+    s.add_argument("--decoded", action="store_true", help="show the decoded training images")
+    s.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    start = time.time()
+    try:
+        args.func(args)
+    except UDDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not getattr(args, "quiet", True):
+        print(f"done in {time.time() - start:.0f} s")
+    return 0

@@ -1,0 +1,73 @@
+"""Gradient-matching distances and the category-wise feature contrastive (CFC) loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from udd_fast.errors import UDDError
+
+METRICS = ("mse", "l1", "cos")
+MATCHED = ("conv", "conv+fc", "all")
+
+
+def matched_names(model: torch.nn.Module, which: str = "conv") -> list[str]:
+    """Names of the parameters whose gradients are matched: conv weights (IDC's default), + fc, or all."""
+    if which not in MATCHED:
+        raise UDDError(f"unknown matched-parameter set {which!r}; choose one of {', '.join(MATCHED)}")
+    names = []
+    for name, p in model.named_parameters():
+        if which == "all" or p.dim() == 4 or (which == "conv+fc" and p.dim() == 2):
+            names.append(name)
+    return names
+
+
+def distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor], metric: str = "mse") -> torch.Tensor:
+    """Sum over layers of ``sum (g_r - g_s)^2`` (mse), ``sum |g_r - g_s|`` (l1) or ``1 - cos`` per output unit."""
+    total = 0
+    for r, s in zip(g_real, g_syn):
+        if metric == "mse":
+            total = total + (r - s).pow(2).sum()
+        elif metric == "l1":
+            total = total + (r - s).abs().sum()
+        elif metric == "cos":
+            r2, s2 = r.flatten(1) if r.dim() > 1 else r[None], s.flatten(1) if s.dim() > 1 else s[None]
+            total = total + (1 - (r2 * s2).sum(-1) / (r2.norm(dim=-1) * s2.norm(dim=-1) + 1e-6)).sum()
+        else:
+            raise UDDError(f"unknown matching metric {metric!r}; choose one of {', '.join(METRICS)}")
+    return total
+
+
+def grad_match(model, params: dict, names: list[str], x_real, y_real, x_syn, y_syn, metric: str = "mse"):
+    """Matching loss between the CE gradients of real and synthetic batches w.r.t. ``params[names]``.
+
+    A pure function of (parameters, real batch, synthetic batch): the graph reaches ``x_syn`` (create_graph)
+    and the real gradients are constants. Returns ``(loss, embeddings of x_syn)`` so CFC needs no extra pass.
+    """
+    matched = [params[n] for n in names]
+    loss_real = F.cross_entropy(functional_call(model, params, (x_real,)), y_real)
+    g_real = [g.detach() for g in torch.autograd.grad(loss_real, matched)]
+    logits, emb = functional_call(model, params, (x_syn,), {"features": True})
+    g_syn = torch.autograd.grad(F.cross_entropy(logits, y_syn), matched, create_graph=True)
+    return distance(g_real, g_syn, metric), emb
+
+
+def cfc_loss(f_bar: torch.Tensor, bank: torch.Tensor, c: int, tau: float = 0.7) -> torch.Tensor:
+    """Category-wise feature contrastive loss (paper Eq. 7).
+
+    Our reading of Eq. 7: the positive is the cosine similarity between this step's mean embedding of class
+    ``c``'s synthetic training batch, ``f_bar``, and the class's EMA embedding ``bank[c]``; the denominator
+    sums only the *other* classes' EMA embeddings (``i != c``), so the loss is
+    ``-sim(f_bar, F_c)/tau + logsumexp_{i != c} sim(f_bar, F_i)/tau``. It pulls a class's synthetic features
+    to its own history and pushes them from every other class. ``bank`` is detached state.
+    """
+    sims = F.cosine_similarity(f_bar[None], bank, dim=1) / tau
+    others = torch.cat([sims[:c], sims[c + 1:]])
+    return -sims[c] + torch.logsumexp(others, 0)
+
+
+def ema_update(bank: torch.Tensor, c: int, f_bar: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """``F_c <- alpha F_c + (1 - alpha) f_bar`` (Eq. 8), returning a new bank."""
+    bank = bank.clone()
+    bank[c] = alpha * bank[c] + (1 - alpha) * f_bar.detach()
+    return bank

@@ -1,0 +1,124 @@
+"""Candidate windows, the four underutilized-region policies, lowest-P selection and S_train composition.
+
+Windows are normalized boxes ``(y0, x0, y1, x1)``. Scores are low where a window is underutilized: weak
+activation (``activation``), weak input gradient (``gradient``), or a response that barely moves under
+jitter (``jitter``); ``vote`` adds the three policies' ranks. The P lowest-scoring windows of every image
+are cropped and upsampled into the synthetic training batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from udd_fast import ops
+from udd_fast.errors import UDDError
+
+POLICIES = ("activation", "gradient", "jitter", "vote")
+
+
+def candidate_windows(groups=(1 / 3, 1 / 2, 2 / 3)) -> torch.Tensor:
+    """The 4 corner windows of each size fraction (ascending): TL, TR, BL, BR. Shape (4*len(groups), 4)."""
+    rows = []
+    for f in sorted(groups):
+        if not 0 < f <= 1:
+            raise UDDError(f"window size fraction {f} must be in (0, 1]")
+        rows += [(0, 0, f, f), (0, 1 - f, f, 1), (1 - f, 0, 1, f), (1 - f, 1 - f, 1, 1)]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def grid_windows(factor: int) -> torch.Tensor:
+    """The ``factor x factor`` tiles of an image, row-major: the sub-images of a multi-formation image."""
+    s = torch.arange(factor, dtype=torch.float32) / factor
+    y0, x0 = torch.meshgrid(s, s, indexing="ij")
+    y0, x0 = y0.flatten(), x0.flatten()
+    return torch.stack([y0, x0, y0 + 1 / factor, x0 + 1 / factor], 1)
+
+
+def decode(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Multi-formation decode: each image's ``factor**2`` tiles upsampled to full size, b-major."""
+    if factor == 1:
+        return images
+    tiles = grid_windows(factor).to(images.device)
+    index = torch.arange(factor * factor, device=images.device).expand(images.shape[0], -1)
+    return ops.crop_resize(images, tiles, index)
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """How underutilized windows are found: ``policy`` None turns regions off (IDC-style matching)."""
+
+    policy: str | None = "activation"
+    groups: tuple[float, ...] = (1 / 3, 1 / 2, 2 / 3)
+    p: int = 8
+    m: int = 2
+    jitter_strength: float = 0.1
+    jitter_kind: str = "gaussian"
+    layer: int = -1
+
+    def __post_init__(self):
+        n = 4 * len(self.groups)
+        if self.policy is not None and self.policy not in POLICIES:
+            raise UDDError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)} or none")
+        if not 1 <= self.p <= n:
+            raise UDDError(f"P={self.p} must be between 1 and the number of candidate windows N={n}; "
+                           "lower --p or add window groups")
+        if self.m < 1:
+            raise UDDError(f"the jitter policy needs M >= 1 jittered copies, got {self.m}")
+
+
+def check_image_size(size: int, groups) -> None:
+    """Every window must cover at least one pixel, or its crop is an upsampled single value."""
+    if size * min(groups) < 2:
+        raise UDDError(f"{size} px images are too small for windows of size fraction {min(groups):.3g} "
+                       f"(each window needs >= 2 px); use larger images or larger --groups")
+
+
+def _activation(net, x, normalize, layer):
+    return net.feature_maps(normalize(x))[layer]
+
+
+def _scores(policy, net, x, y, windows, normalize, cfg: RegionConfig, seed: int) -> torch.Tensor:
+    if policy == "activation":
+        return ops.window_pool(_activation(net, x, normalize, cfg.layer), windows, "value")
+    if policy == "gradient":
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            grad, = torch.autograd.grad(F.cross_entropy(net(normalize(x)), y), x)
+        return ops.window_pool(grad, windows, "abs")
+    return _jitter(net, x, windows, normalize, cfg, seed)[0]
+
+
+def _jitter(net, x, windows, normalize, cfg: RegionConfig, seed: int):
+    copies = ops.jitter(x, cfg.m, cfg.jitter_strength, cfg.jitter_kind, seed)
+    maps = _activation(net, torch.cat([x, copies.flatten(0, 1)]), normalize, cfg.layer)
+    fmap, jittered = maps[: x.shape[0]], maps[x.shape[0]:].unflatten(0, (cfg.m, x.shape[0]))
+    return ops.jitter_score(fmap, jittered, windows, cfg.p)
+
+
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of every window within its row (0 = lowest score; ties by lower index)."""
+    order = torch.sort(scores, dim=1, stable=True).indices
+    return torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device)
+                                            .expand_as(order))
+
+
+@torch.no_grad()
+def select_windows(net, x: torch.Tensor, y: torch.Tensor, windows: torch.Tensor, normalize,
+                   cfg: RegionConfig, seed: int = 0) -> torch.Tensor:
+    """Indices (B, P) of the P most underutilized windows of each image ``x`` (pixel space) under ``net``."""
+    x = x.detach()
+    if cfg.policy == "jitter":
+        return _jitter(net, x, windows, normalize, cfg, seed)[1]
+    if cfg.policy == "vote":
+        score = sum(ranks(_scores(p, net, x, y, windows, normalize, cfg, seed)).float()
+                    for p in ("activation", "gradient", "jitter"))
+    else:
+        score = _scores(cfg.policy, net, x, y, windows, normalize, cfg, seed)
+    return ops.lowest_p(score, cfg.p)
+
+
+def training_batch(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``[images ; crop_resize(images, windows[index])]``, differentiable w.r.t. ``images``."""
+    return ops.crop_resize(images, windows, index, with_source=True)
