@@ -17,7 +17,7 @@ $(VENV)/.deps: requirements.txt
 
 # The compiled extension (CPU kernels, plus CUDA kernels when nvcc is present).
 build: $(VENV)/.built
-$(VENV)/.built: $(VENV)/.deps setup.py $(shell find csrc kernels -type f 2>/dev/null)
+$(VENV)/.built: $(VENV)/.deps setup.py $(shell find csrc -type f 2>/dev/null)
 	$(PY) -m pip install -q -e . --no-build-isolation --no-deps
 	touch $@
 

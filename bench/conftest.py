@@ -1,4 +1,8 @@
+import json
 import os
+import platform
+import re
+from pathlib import Path
 
 import torch
 
@@ -6,3 +10,34 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    return "cpu"
+
+
+def pytest_sessionfinish(session):
+    """Print ms per image per benchmark group with each entry's ratio to the slowest, and save the table
+    to bench/results/<device>.json."""
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is None or not bs.benchmarks:
+        return
+    groups: dict[str, list] = {}
+    for b in bs.benchmarks:
+        ms = b.extra_info.get("ms_per_image")
+        if ms is not None:
+            groups.setdefault(b.group or b.name, []).append((b.name.split("[")[-1].rstrip("]"), ms))
+    table = {g: {name: {"ms_per_image": ms, "speedup_vs_slowest": max(m for _, m in rows) / ms}
+                 for name, ms in rows} for g, rows in sorted(groups.items())}
+    lines = ["", "ms per synthetic image (speed-up against the slowest entry of its group)"]
+    for g, rows in table.items():
+        lines.append(g)
+        lines += [f"    {name:60s} {r['ms_per_image']:10.4f} ms  x{r['speedup_vs_slowest']:.1f}" for name, r in rows.items()]
+    print("\n".join(lines))
+    out = Path(__file__).parent / "results" / f"{_device_name()}.json"
+    out.parent.mkdir(exist_ok=True)
+    meta = {"device": _device_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine()}
+    out.write_text(json.dumps({"meta": meta, "groups": table}, indent=1))

@@ -9,9 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
-from udd_fast import _extension
+from udd_fast import _extension, reference
 from udd_fast.regions import candidate_windows
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -42,16 +41,8 @@ def interpolate_loop_impl(images, windows, index):
     return torch.cat(crops)
 
 
-def roi_align_impl(images, windows, index):
-    b, _, h, w = images.shape
-    scale = torch.tensor([h, w, h, w], dtype=images.dtype, device=images.device)
-    boxes = windows[index.flatten()] * scale
-    batch = torch.arange(b, device=images.device).repeat_interleave(index.shape[1]).to(images.dtype)
-    rois = torch.stack([batch, boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]], dim=1)
-    return roi_align(images, rois, (h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
-
-
-IMPLS = {"extension": extension_impl, "interpolate_loop": interpolate_loop_impl, "roi_align": roi_align_impl}
+# the reference twin is torchvision roi_align
+IMPLS = {"extension": extension_impl, "interpolate_loop": interpolate_loop_impl, "roi_align": reference.crop_resize}
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))

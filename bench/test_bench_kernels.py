@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from udd_fast import reference
+from udd_fast.regions import candidate_windows
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 M = 4  # jittered copies
@@ -32,13 +33,6 @@ CASES = {
     "imagenet-input-grad": (20, 3, 224, 224, "abs", 3, 224),
 }
 JITTER_CASES = ["cifar-convnet3-4x4", "imagenet-resnetap10-7x7", "imagenet-resnetap10-28x28"]
-
-
-def windows():
-    boxes = []
-    for f in (1 / 3, 1 / 2, 2 / 3):
-        boxes += [(0, 0, f, f), (0, 1 - f, f, 1), (1 - f, 0, 1, f), (1 - f, 1 - f, 1, 1)]
-    return torch.tensor(boxes, device=DEVICE)
 
 
 def implementation(name):
@@ -73,7 +67,7 @@ def test_window_pool(benchmark, case, impl):
     b, c, h, w, mode, _, _ = CASES[case]
     benchmark.group = f"window_pool {case}"
     fmap = torch.randn(b, c, h, w, device=DEVICE)
-    win = windows()
+    win = candidate_windows().to(DEVICE)
     timed(benchmark, lambda: ops.window_pool(fmap, win, mode), b)
 
 
@@ -86,7 +80,7 @@ def test_jitter_and_score(benchmark, case, impl):
     images = torch.rand(b, ci, size, size, device=DEVICE)
     fmap = torch.randn(b, c, h, w, device=DEVICE)
     jittered = fmap + 0.1 * torch.randn(M, b, c, h, w, device=DEVICE)
-    win = windows()
+    win = candidate_windows().to(DEVICE)
 
     def step():
         copies = ops.jitter(images, M, STRENGTH, "gaussian", seed=0)

@@ -30,6 +30,7 @@ from udd_fast.augment import DSA
 from udd_fast.config import UDDConfig
 from udd_fast.data import RealData
 from udd_fast.errors import UDDError
+from udd_fast.evaluate import herding_coreset
 from udd_fast.losses import cfc_loss, ema_update, grad_match, matched_names
 from udd_fast.models import build_model
 from udd_fast.regions import candidate_windows, check_image_size, decode, select_windows, training_batch
@@ -71,12 +72,17 @@ class Distiller:
 
     # --- the pieces of Algorithm 1 -------------------------------------------------------------------
     def init_synthetic(self) -> torch.Tensor:
-        """Real images of each class (``factor**2`` of them tiled into each stored image), or noise."""
+        """Real images of each class (``factor**2`` of them tiled into each stored image): random ones, or
+        the herding selection (images whose running mean embedding tracks the class mean); or noise."""
         cfg, n = self.cfg, self.cfg.ipc * self.cfg.factor ** 2
         if cfg.init == "noise":
             return torch.rand(self.k * cfg.ipc, self.data.channels, self.data.size, self.data.size,
                               device=self.device)
-        return torch.cat([mix_init(self.data.class_batch(c, n), cfg.factor) for c in range(self.k)])
+        if cfg.init == "herding":
+            real = herding_coreset(self.data, n, seed=cfg.seed)[0].to(self.device).unflatten(0, (self.k, n))
+        else:
+            real = [self.data.class_batch(c, n) for c in range(self.k)]
+        return torch.cat([mix_init(r, cfg.factor) for r in real])
 
     def new_network(self):
         cfg = self.cfg

@@ -90,7 +90,7 @@ def random_coreset(data: RealData, ipc: int, seed: int = 0) -> tuple[torch.Tenso
     return x, torch.arange(data.num_classes).repeat_interleave(ipc)
 
 
-def herding_coreset(data: RealData, ipc: int, embed=None, max_per_class: int = 2000, seed: int = 0):
+def herding_coreset(data: RealData, ipc: int, embed=None, max_per_class: int = 1000, seed: int = 0):
     """Herding (Welling 2009): per class, greedily pick images whose running mean embedding tracks the
     class mean. ``embed`` maps normalized images to features (default: a ConvNet briefly trained on
     ``data``); at most ``max_per_class`` candidates per class."""
@@ -113,9 +113,9 @@ def herding_coreset(data: RealData, ipc: int, embed=None, max_per_class: int = 2
     return torch.cat(xs), torch.arange(data.num_classes).repeat_interleave(ipc)
 
 
-def _feature_extractor(data: RealData, seed: int, steps: int = 300):
+def _feature_extractor(data: RealData, seed: int, steps: int = 150):
     torch.manual_seed(seed)
-    net = build_model("convnet", data.channels, data.num_classes, data.size, 64)
+    net = build_model("convnet", data.channels, data.num_classes, data.size, 64).to(data.images.device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for _ in range(steps):
         x, y = data.random_batch(128)

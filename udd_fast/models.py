@@ -10,6 +10,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from udd_fast.errors import UDDError
+
 MODELS = ("convnet", "resnetap10", "resnet18", "vgg11", "alexnet")
 
 
@@ -31,7 +33,7 @@ class ConvNet(nn.Module):
             pad = 3 if (d == 0 and size == 28) else 1
             s = s + 2 * pad - 2
             if s < 2:
-                raise ValueError(f"image size {size} is too small for a depth-{depth} ConvNet")
+                raise UDDError(f"{size} px images are too small for a depth-{depth} ConvNet; lower --depth")
             blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=pad), instance_norm(width), nn.ReLU(),
                                         nn.AvgPool2d(2)))
             c, s = width, s // 2
@@ -118,20 +120,24 @@ class ResNetAp(nn.Module):
 
 
 class _Wrapped(nn.Module):
-    """A torchvision-style trunk (``features``) + global pool + linear head, for cross-architecture tests."""
+    """A trunk (``features``) + global pool + linear head, for cross-architecture evaluation.
 
-    def __init__(self, features: nn.Sequential, out_channels: int, num_classes: int):
+    ``feature_maps`` are the outputs of the pooling layers, or of every child of the trunk when ``stages``.
+    """
+
+    def __init__(self, features: nn.Sequential, out_channels: int, num_classes: int, stages: bool = False):
         super().__init__()
         self.features = features
         self.classifier = nn.Linear(out_channels, num_classes)
+        self.stages = stages
 
     def feature_maps(self, x):
         maps = []
         for layer in self.features:
             x = layer(x)
-            if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            if self.stages or isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
                 maps.append(x)
-        return maps or [x]
+        return maps
 
     def embed(self, x):
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
@@ -176,17 +182,7 @@ def resnet18(channels: int, num_classes: int, size: int) -> nn.Module:
         net.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
     trunk = nn.Sequential(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1),
                           net.layer2, net.layer3, net.layer4)
-    model = _Wrapped(trunk, 512, num_classes)
-    model.feature_maps = lambda x: _stages(trunk, x)
-    return model
-
-
-def _stages(trunk: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
-    maps = []
-    for stage in trunk:
-        x = stage(x)
-        maps.append(x)
-    return maps
+    return _Wrapped(trunk, 512, num_classes, stages=True)
 
 
 def build_model(name: str, channels: int, num_classes: int, size: int, width: int | None = None,
@@ -202,4 +198,4 @@ def build_model(name: str, channels: int, num_classes: int, size: int, width: in
         return vgg11(channels, num_classes, width or 64)
     if name == "alexnet":
         return alexnet(channels, num_classes, width or 64)
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    raise UDDError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
