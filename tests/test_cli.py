@@ -31,7 +31,7 @@ def test_image_too_small_for_windows(tmp_path, monkeypatch, capsys):
     from udd_fast import cli
     from udd_fast.data import RealData
 
-    tiny = RealData.from_tensors(torch.rand(20, 1, 4, 4), torch.arange(20) % 10, name="tiny")
+    tiny = RealData.from_tensors(torch.rand(40, 1, 4, 4), torch.arange(40) % 10, name="tiny")
     monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: tiny)
     assert main(["distill", "--dataset", "mnist", "--ipc", "1", "--out", str(tmp_path), "--quiet"]) == 2
     assert "too small for windows" in capsys.readouterr().err
@@ -49,11 +49,11 @@ def test_distill_evaluate_show_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
                  "--width", "8", "--evaluate", "--baseline", "--epochs", "2", "--repeats", "2", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"udd", "random", "form", "distill_wall_s", "config"} <= set(metrics)
-    assert metrics["udd"]["train_images"] == 4 and len(metrics["udd"]["accs"]) == 2
+    assert metrics["udd"]["train_images"] == 4 * 4 and len(metrics["udd"]["accs"]) == 2  # factor 2: 4 tiles each
     assert (out / "grid.png").exists() and (out / "synset.safetensors").exists()
     assert main(["evaluate", str(out / "synset.safetensors"), "--expand", "yes", "--epochs", "1", "--repeats", "1",
                  "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
-    assert json.loads((tmp_path / "e.json").read_text())["train_images"] == 4 * 13
+    assert json.loads((tmp_path / "e.json").read_text())["train_images"] == 16 * 13
     assert main(["show", str(out / "synset.safetensors"), "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").exists()
     assert main(["baseline", "--dataset", "mnist", "--ipc", "2", "--method", "herding", "--epochs", "1",

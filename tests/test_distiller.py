@@ -55,7 +55,7 @@ def test_same_seed_same_result():
 def test_configuration_errors():
     with pytest.raises(UDDError, match="ipc=9"):
         Distiller(tiny_data(), fixed_net_config(ipc=9))
-    with pytest.raises(UDDError, match="ipc=4"):  # factor 2 needs 4 real images per stored image
+    with pytest.raises(UDDError, match="ipc=1 with factor 2"):  # 4 real images per stored image
         Distiller(tiny_data(per_class=3), fixed_net_config(factor=2))
     with pytest.raises(UDDError, match="too small"):
         Distiller(tiny_data(size=4), fixed_net_config())

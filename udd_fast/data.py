@@ -107,10 +107,13 @@ class RealData:
         pick = torch.randint(len(self.labels), (n,), generator=generator)
         return self.images[pick], self.labels[pick]
 
-    def check_ipc(self, ipc: int) -> None:
+    def check_ipc(self, ipc: int, factor: int = 1) -> None:
+        """Each class must hold the ``ipc * factor**2`` real images the synthetic set is initialised from."""
         smallest = min(len(i) for i in self.by_class)
-        if ipc < 1 or ipc > smallest:
-            raise UDDError(f"ipc={ipc} must be between 1 and the smallest class size ({smallest}); lower --ipc")
+        if ipc < 1 or ipc * factor ** 2 > smallest:
+            need = f"ipc={ipc}" if factor == 1 else f"ipc={ipc} with factor {factor} ({ipc * factor ** 2} real images)"
+            raise UDDError(f"{need} must be between 1 and the smallest class size ({smallest}); lower --ipc"
+                           + ("" if factor == 1 else " or --factor"))
 
     def to(self, device) -> "RealData":
         self.images, self.labels = self.images.to(device), self.labels.to(device)

@@ -60,7 +60,7 @@ class Distiller:
 
     def __init__(self, data: RealData, config: UDDConfig, device: str | torch.device = "cpu",
                  out_dir: str | Path | None = None):
-        data.check_ipc(config.ipc * config.factor ** 2)
+        data.check_ipc(config.ipc, config.factor)
         if config.regions.policy is not None:
             check_image_size(data.size, config.regions.groups)
         self.data, self.cfg, self.device = data.to(device), config, torch.device(device)
