@@ -33,7 +33,8 @@ def cmd_distill(args) -> dict:
     train = load_dataset(args.dataset, True, args.data_root, args.size)
     cfg = preset(args.preset, args.dataset, args.ipc)
     changes = {k: v for k, v in {"factor": args.factor, "outer": args.outer, "inner": args.inner,
-                                 "width": args.width, "seed": args.seed, "lam": args.lam}.items() if v is not None}
+                                 "width": args.width, "seed": args.seed, "lam": args.lam,
+                                 "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     if args.no_cfc:
         changes["cfc"] = False
     if args.policy is not None:
@@ -55,7 +56,7 @@ def cmd_distill(args) -> dict:
         test = load_dataset(args.dataset, False, args.data_root, args.size)
         proto = _protocol(args)
         metrics["udd"] = evaluate(syn, test, proto, device=args.device, progress=not args.quiet)
-        print(f"UDD ({syn.form()}): {_fmt(metrics['udd'])}")
+        print(f"distilled set ({syn.form()}): {_fmt(metrics['udd'])}")
         if args.baseline:
             metrics["random"] = _random(train, test, args.ipc, proto, args)
             print(f"Random real, ipc {args.ipc}: {_fmt(metrics['random'])}")
@@ -136,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--inner", type=int)
     d.add_argument("--width", type=int)
     d.add_argument("--seed", type=int)
+    d.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoint.safetensors writes")
     d.add_argument("--evaluate", action="store_true", help="evaluate the result when done")
     d.add_argument("--baseline", action="store_true", help="with --evaluate, also score random real images")
     protocol(d)

@@ -49,7 +49,7 @@ class UDDConfig:
     cutmix: float = 0.5
     init: str = "real"                    # random "real" images, "herding"-selected real images, or "noise"
     seed: int = 0
-    checkpoint_every: int = 0             # outer iterations between checkpoints (0: only at the end)
+    checkpoint_every: int = 10            # outer iterations between checkpoints (0: only the final set)
 
     def __post_init__(self):
         if self.ipc < 1:
