@@ -59,3 +59,10 @@ def test_distill_evaluate_show_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     assert main(["baseline", "--dataset", "mnist", "--ipc", "2", "--method", "herding", "--epochs", "1",
                  "--repeats", "1", "--quiet"]) == 0
     assert "herding, ipc 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["distill", "evaluate", "baseline", "show"])
+def test_help_of_every_command(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and "usage" in capsys.readouterr().out

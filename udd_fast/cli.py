@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from udd_fast.config import PRESETS, preset
+from udd_fast.config import CPU_QUICK_NOTES, PRESETS, preset
 from udd_fast.data import DATASETS, load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
     common(d)
     d.add_argument("--ipc", type=int, required=True, help="synthetic images per class")
-    d.add_argument("--preset", choices=PRESETS, default="cpu-quick")
+    d.add_argument("--preset", choices=PRESETS, default="cpu-quick", help="paper (GPU) or " + CPU_QUICK_NOTES.replace("%", "%%"))
     d.add_argument("--out", required=True, help="run directory")
     d.add_argument("--policy", choices=[*POLICIES, "none"], help="region policy ('none': IDC-style)")
     d.add_argument("--p", type=int, help="windows chosen per image")
