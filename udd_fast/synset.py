@@ -49,7 +49,7 @@ class SyntheticSet:
         return x, y
 
     def form(self) -> str:
-        n = len(self.training_set()[1])
+        n = len(self.labels) * self.factor ** 2 * (1 + 4 * len(self.groups) if self.expand else 1)
         return f"factor {self.factor}, {'expanded by all windows' if self.expand else 'not expanded'}: {n} images"
 
     def save(self, path: str | os.PathLike) -> None:
