@@ -3,7 +3,7 @@
 ``paper`` follows the UDD paper where it speaks (N=12, M=2, P=8, tau=0.7, alpha=0.5, lr_img 0.005 halved at
 60/80/90 %) and IDC's public code where it is silent (2000 x 100 iterations, real batch 64, l1 matching for the
 grayscale sets and mse otherwise, the network trained on about 500 real images per inner step). ``cpu-quick``
-fits the Fashion-MNIST IPC=1 job into about eight minutes of two CPU cores; :data:`CPU_QUICK_NOTES` lists how
+fits the Fashion-MNIST IPC=1 distillation into about seven minutes of two CPU cores; :data:`CPU_QUICK_NOTES` lists how
 it differs from ``paper``.
 """
 from __future__ import annotations

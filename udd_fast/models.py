@@ -33,7 +33,7 @@ class ConvNet(nn.Module):
             pad = 3 if (d == 0 and size == 28) else 1
             s = s + 2 * pad - 2
             if s < 2:
-                raise UDDError(f"{size} px images are too small for a depth-{depth} ConvNet; lower --depth")
+                raise UDDError(f"{size} px images are too small for a depth-{depth} ConvNet; use a smaller depth")
             blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=pad), instance_norm(width), nn.ReLU(),
                                         nn.AvgPool2d(2)))
             c, s = width, s // 2
