@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 RUN ?= runs/fashion-mnist-ipc1
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: setup data build distill test bench clean
+.PHONY: setup data build distill test bench carry-data gpu-dry-run clean
 
 setup: $(VENV)/.deps build data
 
@@ -35,6 +35,15 @@ test: setup
 
 bench: setup
 	$(PY) -m pytest bench --benchmark-only -q
+
+# Fashion-MNIST for bench/gpu_check.sh on a machine without it: carry the git-ignored .carry folder along.
+carry-data: data
+	mkdir -p .carry/fashion-mnist
+	cp $(FMNIST)/*-ubyte.gz .carry/fashion-mnist/
+
+# Every step of the GPU check at toy size on CPU (results in a temporary folder unless OUT is set).
+gpu-dry-run: setup carry-data
+	bash bench/gpu_check.sh --cpu-dry-run
 
 clean:
 	rm -rf build *.egg-info udd_fast/_C*.so $(VENV)/.built

@@ -37,3 +37,17 @@ def test_flip_off_and_unknown_transform():
     assert "flip" not in DSA("flip_crop", flip=False).names
     with pytest.raises(ValueError, match="unknown DSA"):
         DSA("color_blur")
+
+
+def test_repeat_joins_per_class_draws():
+    """One apply of the joined draws = each class's batch augmented by its own Siamese draw."""
+    torch.manual_seed(0)
+    dsa = DSA("color_crop_cutout_flip_scale_rotate")
+    x = torch.rand(6, 3, 16, 16)
+    draws = [dsa.sample(1, (16, 16), siamese=True) for _ in range(3)]
+    each = torch.cat([dsa.apply(x[2 * i:2 * i + 2], d) for i, d in enumerate(draws)])
+    assert torch.allclose(dsa.apply(x, DSA.repeat(draws, 2)), each, atol=1e-6)
+    single = DSA("color_crop", mode="single")
+    mixed = [single.sample(1, (16, 16), siamese=True) for _ in range(20)]
+    with pytest.raises(ValueError, match="different transforms"):
+        DSA.repeat(mixed, 2)

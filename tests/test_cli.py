@@ -46,8 +46,10 @@ def test_distill_evaluate_show_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: tiny)
     out = tmp_path / "run"
     assert main(["distill", "--dataset", "mnist", "--ipc", "1", "--out", str(out), "--outer", "1", "--inner", "2",
-                 "--width", "8", "--evaluate", "--baseline", "--epochs", "2", "--repeats", "2", "--quiet"]) == 0
+                 "--width", "8", "--step", "batched", "--precision", "bf16", "--evaluate", "--baseline", "--epochs", "2",
+                 "--repeats", "2", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["config"]["step"], metrics["config"]["precision"]) == ("batched", "bf16")
     assert {"udd", "random", "form", "distill_wall_s", "config"} <= set(metrics)
     assert metrics["udd"]["train_images"] == 4 * 4 and len(metrics["udd"]["accs"]) == 2  # factor 2: 4 tiles each
     assert (out / "grid.png").exists() and (out / "synset.safetensors").exists()

@@ -63,3 +63,77 @@ def test_configuration_errors():
         preset("fast-please", "fashion-mnist", 1)
     with pytest.raises(UDDError, match="net_on"):
         UDDConfig(net_on="imaginary")
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def one_step(cfg, device="cpu"):
+    """dL/dS, the summed matching loss and the new CFC bank of the first inner step of ``cfg``."""
+    d = Distiller(tiny_data(), cfg, device)
+    torch.manual_seed(cfg.seed)
+    syn = d.init_synthetic().requires_grad_(True)
+    net = d.new_network()
+    bank = d.class_embeddings(net, syn)
+    total, bank = d.inner_step(net, syn, bank, step=0)
+    return syn.grad.cpu(), total, bank.cpu()
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("policy", [None, "activation", "gradient", "jitter", "vote"])
+@pytest.mark.parametrize("factor", [1, 2])
+def test_batched_step_equals_class_loop(policy, factor, device, monkeypatch):
+    """Same state, same seeds: the vmapped step and the per-class loop give the same dL/dS, loss and bank.
+    alpha=1 freezes the bank within the step, the one place where the two orders differ (see distiller)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 means fp32 on GPU too
+    cfg = fixed_net_config(ipc=2, factor=factor, cfc=True, alpha=1.0, lam=0.5, dsa="color_crop_cutout_flip_scale_rotate",
+                           regions=RegionConfig(policy=policy, p=3))
+    g_loop, t_loop, b_loop = one_step(cfg.replace(step="loop"), device)
+    g_batch, t_batch, b_batch = one_step(cfg.replace(step="batched"), device)
+    assert g_loop.abs().sum() > 0
+    assert rel(g_batch, g_loop) < 1e-4 and t_batch == pytest.approx(t_loop, rel=1e-5)
+    assert torch.allclose(b_batch, b_loop, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_bank_update_order_is_the_only_difference():
+    """With a moving bank (alpha 0.5) the final bank is still the same; dL/dS differs only by the CFC term."""
+    cfg = fixed_net_config(ipc=2, cfc=True, alpha=0.5, lam=0.5, dsa="color_crop_cutout")
+    g_loop, _, b_loop = one_step(cfg.replace(step="loop"))
+    g_batch, _, b_batch = one_step(cfg.replace(step="batched"))
+    assert torch.allclose(b_batch, b_loop, rtol=1e-5, atol=1e-6)
+    assert 0 < rel(g_batch, g_loop) < 0.05
+
+
+def test_batched_run_equals_loop_run():
+    """Three whole inner steps with network updates in between: the same synthetic set to float tolerance."""
+    cfg = fixed_net_config(ipc=2, inner=3, net_batches=1, net_batch=8, lr_img=1.0, dsa="color_crop_cutout",
+                           regions=RegionConfig(policy="activation", p=3))
+    a = Distiller(tiny_data(), cfg.replace(step="loop")).run(progress=False)
+    b = Distiller(tiny_data(), cfg.replace(step="batched")).run(progress=False)
+    assert torch.allclose(a.images, b.images, atol=1e-5)
+    assert not torch.equal(a.images, Distiller(tiny_data(), cfg.replace(outer=0)).run(progress=False).images)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("step", ["loop", "batched"])
+def test_bf16_step_close_to_fp32(step, device, monkeypatch):
+    """bf16 autocast changes one step's dL/dS by rounding only: same direction, loss within a few percent.
+    (No regions: bf16 rounding may flip a near-tie in the window ranking, which changes the crops outright.)"""
+    cfg = fixed_net_config(ipc=2, cfc=True, dsa="color_crop_cutout", step=step, regions=RegionConfig(policy=None))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    g32, t32, _ = one_step(cfg, device)
+    g16, t16, _ = one_step(cfg.replace(precision="bf16"), device)
+    assert g16.dtype == torch.float32 and not torch.equal(g16, g32)
+    assert torch.cosine_similarity(g16.flatten(), g32.flatten(), 0) > 0.98
+    assert t16 == pytest.approx(t32, rel=0.05)
+
+
+def test_batched_step_rejects_batchnorm():
+    with pytest.raises(UDDError, match="BatchNorm"):
+        Distiller(tiny_data(size=16), fixed_net_config(model="resnet18", step="batched"))
+    with pytest.raises(UDDError, match="precision"):
+        UDDConfig(precision="fp8")

@@ -86,6 +86,27 @@ class DSA:
             x = getattr(self, "_" + name)(x, d)
         return x
 
+    @staticmethod
+    def repeat(draws: list[dict], n: int) -> dict:
+        """Join single draws into one per-sample draw in which draw ``i`` covers samples ``i*n .. i*n+n-1``:
+        every class's batch augmented by its own draw in one :meth:`apply`."""
+        if any(d.keys() != draws[0].keys() for d in draws):
+            raise ValueError("draws with different transforms cannot be joined (use mode='all')")
+
+        def join(parts):
+            return torch.cat(parts).repeat_interleave(n)
+
+        out = {}
+        for name, first in draws[0].items():
+            parts = [d[name] for d in draws]
+            if name == "cutout":  # (height, width, y, x): the box size is the same for every draw
+                out[name] = (*first[:2], *(join(t) for t in zip(*(p[2:] for p in parts))))
+            elif isinstance(first, tuple):
+                out[name] = tuple(join(t) for t in zip(*parts))
+            else:
+                out[name] = join(parts)
+        return out
+
     def __call__(self, x: torch.Tensor, siamese: bool = False) -> torch.Tensor:
         return self.apply(x, self.sample(x.shape[0], x.shape[-2:], x.device, siamese))
 

@@ -34,7 +34,8 @@ def cmd_distill(args) -> dict:
     cfg = preset(args.preset, args.dataset, args.ipc)
     changes = {k: v for k, v in {"factor": args.factor, "outer": args.outer, "inner": args.inner,
                                  "width": args.width, "seed": args.seed, "lam": args.lam,
-                                 "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+                                 "checkpoint_every": args.checkpoint_every, "step": args.step,
+                                 "precision": args.precision}.items() if v is not None}
     if args.no_cfc:
         changes["cfc"] = False
     if args.policy is not None:
@@ -138,6 +139,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--width", type=int)
     d.add_argument("--seed", type=int)
     d.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoint.safetensors writes")
+    d.add_argument("--step", choices=["loop", "batched"],
+                   help="classes one at a time (loop) or all in one vmapped pass (batched; faster on GPU)")
+    d.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: network passes under bfloat16 autocast")
     d.add_argument("--evaluate", action="store_true", help="evaluate the result when done")
     d.add_argument("--baseline", action="store_true", help="with --evaluate, also score random real images")
     protocol(d)

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from udd_fast.errors import UDDError
+from udd_fast.losses import PRECISIONS
 from udd_fast.regions import RegionConfig
 
 PRESETS = ("paper", "cpu-quick")
@@ -48,6 +49,8 @@ class UDDConfig:
     net_batches: int = 4                  # real mini-batches per inner step (IDC: 500 samples)
     cutmix: float = 0.5
     init: str = "real"                    # random "real" images, "herding"-selected real images, or "noise"
+    step: str = "loop"                    # "loop": class by class (the reference); "batched": all classes in one vmap
+    precision: str = "fp32"               # "bf16": network passes under bfloat16 autocast; S, grads and losses fp32
     seed: int = 0
     checkpoint_every: int = 10            # outer iterations between checkpoints (0: only the final set)
 
@@ -58,6 +61,10 @@ class UDDConfig:
             raise UDDError(f"factor must be >= 1, got {self.factor}")
         if self.net_on not in ("real", "synthetic"):
             raise UDDError(f"net_on must be 'real' or 'synthetic', got {self.net_on!r}")
+        if self.step not in ("loop", "batched"):
+            raise UDDError(f"step must be 'loop' or 'batched', got {self.step!r}")
+        if self.precision not in PRECISIONS:
+            raise UDDError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.init not in ("real", "herding", "noise"):
             raise UDDError(f"init must be 'real', 'herding' or 'noise', got {self.init!r}")
 
@@ -91,8 +98,9 @@ def preset(name: str, dataset: str, ipc: int) -> UDDConfig:
     if name not in PRESETS:
         raise UDDError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     grayscale = dataset in ("mnist", "fashion-mnist")
-    paper = UDDConfig(ipc=ipc, metric="l1" if grayscale else "mse",
+    paper = UDDConfig(ipc=ipc, metric="l1" if grayscale else "mse", step="batched", precision="bf16",
                       net_batches=16 if dataset in ("cifar10", "cifar100") else 4)
     if name == "paper":
         return paper
-    return paper.replace(outer=4, inner=30, width=64, net_batches=2, factor=2, init="herding", lr_img=2e-4)
+    return paper.replace(outer=4, inner=30, width=64, net_batches=2, factor=2, init="herding", lr_img=2e-4,
+                         step="loop", precision="fp32")

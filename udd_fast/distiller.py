@@ -3,8 +3,8 @@
     S <- real images (IPC per class)
     for each outer iteration:                      fresh network theta
         for each inner step:
-            for each class c:
-                windows <- P most underutilized windows of S_c under theta      (regions.select_windows)
+            windows <- P most underutilized windows of every S_c under theta   (regions.select_windows)
+            for each class c (or all classes at once: step="batched"):
                 S_c_train <- [S_c ; crop_resize(S_c, windows)]                 (regions.training_batch)
                 L <- grad_match(theta; DSA(R_c), DSA(S_c_train)) + lambda CFC   (losses)
             S <- S - lr dL/dS   (SGD, momentum 0.5)
@@ -12,18 +12,30 @@
         S <- clamp(S, 0, 1)
 
 With multi-formation (``factor`` > 1) S_c is decoded into its sub-images first and the windows are mined on
-those. Every class's loss depends only on its own S_c, so summing the class losses and taking one optimizer
-step per inner step is exactly a per-class SGD step with per-class momentum.
+those. The windows of all classes are mined in one pass: theta is fixed within an inner step and S_c is
+changed only by its own class's loss, so this is the per-class mining of Algorithm 1. Every class's loss
+depends only on its own S_c, so accumulating the class gradients and taking one optimizer step per inner step
+is exactly a per-class SGD step with per-class momentum.
+
+``step="loop"`` is the reference: one class at a time, one backward each. ``step="batched"`` computes every
+class's real and synthetic parameter gradients and matching loss in one ``torch.func.vmap`` of the same pure
+function, with one backward. Both draw the same real batches and augmentations (in class order) and give the
+same update, with one difference: the loop updates the CFC bank after each class, so class c's contrastive
+term sees this step's EMA of classes < c, while the batched step updates all rows after the step. That is
+harmless: the bank is a detached, slowly moving target (each row moves by (1 - alpha) of the gap to a fresh
+mean embedding), and a given class's negatives are older by at most one inner step.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.func import vmap
 from tqdm.auto import tqdm
 
 from udd_fast.augment import DSA
@@ -31,7 +43,7 @@ from udd_fast.config import UDDConfig
 from udd_fast.data import RealData
 from udd_fast.errors import UDDError
 from udd_fast.evaluate import herding_coreset
-from udd_fast.losses import cfc_loss, ema_update, grad_match, matched_names
+from udd_fast.losses import autocast, cfc_loss, ema_update, grad_match, matched_names
 from udd_fast.models import build_model
 from udd_fast.regions import candidate_windows, check_image_size, decode, select_windows, training_batch
 from udd_fast.synset import SyntheticSet, mix_init
@@ -68,6 +80,12 @@ class Distiller:
         self.k = data.num_classes
         self.windows = candidate_windows(config.regions.groups).to(self.device)
         self.dsa = DSA(config.dsa, mode="all", flip=data.flip)
+        self.labels = torch.arange(self.k, device=self.device).repeat_interleave(config.ipc)
+        net = self.new_network()
+        self.names = matched_names(net, config.matched)
+        if config.step == "batched" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+            raise UDDError(f"step='batched' cannot vmap a model with BatchNorm ({config.model}); use step='loop' "
+                           "or a model with instance norm (convnet, resnetap10)")
         self.history: list[dict] = []
 
     # --- the pieces of Algorithm 1 -------------------------------------------------------------------
@@ -89,29 +107,65 @@ class Distiller:
         net = build_model(cfg.model, self.data.channels, self.k, self.data.size, cfg.width, cfg.depth)
         return net.to(self.device)
 
-    def train_inputs(self, net, s_c: torch.Tensor, c: int, seed: int) -> torch.Tensor:
-        """Class c's synthetic training batch: decoded sub-images plus their P most underutilized windows."""
-        images = decode(s_c, self.cfg.factor)
-        if self.cfg.regions.policy is None:
-            return images
-        labels = torch.full((images.shape[0],), c, device=self.device)
-        index = select_windows(net, images, labels, self.windows, self.data.normalize, self.cfg.regions, seed)
-        return training_batch(images, self.windows, index)
+    def mine(self, net, syn: torch.Tensor, seed: int) -> torch.Tensor | None:
+        """Indices (decoded images, P) of every decoded synthetic image's P most underutilized windows."""
+        cfg = self.cfg
+        if cfg.regions.policy is None:
+            return None
+        images = decode(syn.detach(), cfg.factor)
+        labels = self.labels.repeat_interleave(cfg.factor ** 2)
+        with autocast(self.device.type, cfg.precision):
+            return select_windows(net, images, labels, self.windows, self.data.normalize, cfg.regions, seed)
 
-    def class_loss(self, net, params, names, s_c, c, bank, seed):
-        """Loss of class ``c``: gradient matching on one shared DSA draw, plus lambda * CFC.
-        Returns ``(loss, matching term, mean synthetic embedding)``."""
-        cfg, norm = self.cfg, self.data.normalize
-        x_syn = self.train_inputs(net, s_c, c, seed)
-        x_real = self.data.class_batch(c, cfg.batch_real)
-        draw = self.dsa.sample(1, x_real.shape[-2:], self.device, siamese=True)
-        y_real = torch.full((x_real.shape[0],), c, device=self.device)
-        y_syn = torch.full((x_syn.shape[0],), c, device=self.device)
-        match, emb = grad_match(net, params, names, self.dsa.apply(norm(x_real), draw), y_real,
-                                self.dsa.apply(norm(x_syn), draw), y_syn, cfg.metric)
-        f_bar = emb.mean(0)
-        loss = match + cfg.lam * cfc_loss(f_bar, bank, c, cfg.tau) if cfg.cfc else match
+    def draw_real(self) -> tuple[list[torch.Tensor], list[dict]]:
+        """Each class's real batch and its Siamese DSA draw, in class order (so both step modes consume the
+        random stream identically)."""
+        reals, draws = [], []
+        for c in range(self.k):
+            reals.append(self.data.class_batch(c, self.cfg.batch_real))
+            draws.append(self.dsa.sample(1, reals[-1].shape[-2:], self.device, siamese=True))
+        return reals, draws
+
+    def class_losses(self, net, params, syn, index, reals, draws, classes: list[int], bank):
+        """Loss of ``classes`` (one class in the loop, all of them batched): gradient matching on each
+        class's shared DSA draw, plus lambda * CFC. Returns ``(loss, matching terms (g,), mean synthetic
+        embeddings (g, D))``."""
+        cfg, norm, g = self.cfg, self.data.normalize, len(classes)
+        cls = torch.tensor(classes, device=self.device)
+        s = syn.unflatten(0, (self.k, cfg.ipc))[cls].flatten(0, 1)
+        x_syn = decode(s, cfg.factor)
+        if index is not None:
+            x_syn = training_batch(x_syn, self.windows, index.unflatten(0, (self.k, -1))[cls].flatten(0, 1), g)
+        x_real = torch.cat([reals[c] for c in classes])
+        draw = [draws[c] for c in classes]
+        x_real = self.dsa.apply(norm(x_real), DSA.repeat(draw, x_real.shape[0] // g)).unflatten(0, (g, -1))
+        x_syn = self.dsa.apply(norm(x_syn), DSA.repeat(draw, x_syn.shape[0] // g)).unflatten(0, (g, -1))
+        y_real = cls[:, None].expand(x_real.shape[:2])
+        y_syn = cls[:, None].expand(x_syn.shape[:2])
+        fn = partial(grad_match, net, params, self.names, metric=cfg.metric, precision=cfg.precision)
+        if cfg.step == "batched":
+            match, emb = vmap(fn)(x_real, y_real, x_syn, y_syn)
+        else:
+            match, emb = (t[None] for t in fn(x_real[0], y_real[0], x_syn[0], y_syn[0]))
+        f_bar = emb.mean(1)
+        loss = match.sum()
+        if cfg.cfc:
+            loss = loss + cfg.lam * cfc_loss(f_bar, bank, cls, cfg.tau).sum()
         return loss, match.detach(), f_bar.detach()
+
+    def inner_step(self, net, syn: torch.Tensor, bank: torch.Tensor, step: int) -> tuple[float, torch.Tensor]:
+        """dL/dS of every class, accumulated into ``syn.grad``; returns (sum of the matching terms, new bank)."""
+        params = {n: p.detach() for n, p in net.named_parameters()}
+        index = self.mine(net, syn, seed=step)
+        reals, draws = self.draw_real()
+        groups = [list(range(self.k))] if self.cfg.step == "batched" else [[c] for c in range(self.k)]
+        total = 0.0
+        for classes in groups:
+            loss, match, f_bar = self.class_losses(net, params, syn, index, reals, draws, classes, bank)
+            loss.backward()
+            bank = ema_update(bank, torch.tensor(classes, device=self.device), f_bar, self.cfg.alpha)
+            total += match.sum().item()
+        return total, bank
 
     @torch.no_grad()
     def class_embeddings(self, net, syn: torch.Tensor) -> torch.Tensor:
@@ -132,7 +186,9 @@ class Distiller:
             target = F.one_hot(y, self.k).float()
             if torch.rand(1).item() < cfg.cutmix:
                 x, target = cutmix(x, y, self.k)
-            loss = torch.sum(-target * F.log_softmax(net(x), 1), 1).mean()
+            with autocast(self.device.type, cfg.precision):
+                logits = net(x)
+            loss = torch.sum(-target * F.log_softmax(logits.float(), 1), 1).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -143,7 +199,6 @@ class Distiller:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         syn = self.init_synthetic().requires_grad_(True)
-        self.labels = torch.arange(self.k, device=self.device).repeat_interleave(cfg.ipc)
         # lr_img is in normalized units; S lives in pixel space, where the same step is lr * std^2
         std2 = sum(s * s for s in self.data.std) / len(self.data.std)
         opt = torch.optim.SGD([syn], lr=cfg.lr_img * std2, momentum=cfg.mom_img)
@@ -154,18 +209,10 @@ class Distiller:
         for outer in range(cfg.outer):
             net = self.new_network()
             net_opt = torch.optim.SGD(net.parameters(), lr=cfg.net_lr, momentum=0.9, weight_decay=5e-4)
-            params = dict(net.named_parameters())
-            names = matched_names(net, cfg.matched)
             bank = self.class_embeddings(net, syn)
             for inner in range(cfg.inner):
                 opt.zero_grad()
-                total = 0.0
-                for c in range(self.k):
-                    s_c = syn[c * cfg.ipc:(c + 1) * cfg.ipc]
-                    loss, match, f_bar = self.class_loss(net, params, names, s_c, c, bank, seed=step * self.k + c)
-                    loss.backward()
-                    bank = ema_update(bank, c, f_bar, cfg.alpha)
-                    total += match.item()
+                total, bank = self.inner_step(net, syn, bank, step)
                 if not math.isfinite(total):
                     raise UDDError(f"matching loss became {total} at outer {outer}, inner {inner}; "
                                    "lower lr_img")

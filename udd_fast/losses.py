@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, grad
 
 from udd_fast.errors import UDDError
 
@@ -38,22 +38,42 @@ def distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor], metric: str 
     return total
 
 
-def grad_match(model, params: dict, names: list[str], x_real, y_real, x_syn, y_syn, metric: str = "mse"):
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device_type: str, precision: str = "fp32"):
+    """The autocast context of a precision: ``bf16`` runs network passes in bfloat16, ``fp32`` changes nothing."""
+    if precision not in PRECISIONS:
+        raise UDDError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16")
+
+
+def grad_match(model, params: dict, names: list[str], x_real, y_real, x_syn, y_syn, metric: str = "mse",
+               precision: str = "fp32"):
     """Matching loss between the CE gradients of real and synthetic batches w.r.t. ``params[names]``.
 
-    A pure function of (parameters, real batch, synthetic batch): the graph reaches ``x_syn`` (create_graph)
-    and the real gradients are constants. Returns ``(loss, embeddings of x_syn)`` so CFC needs no extra pass.
+    A pure function of (parameters, real batch, synthetic batch) built from ``torch.func``, so
+    ``torch.func.vmap`` batches it over classes. Pass detached ``params``: the graph then reaches only
+    ``x_syn`` (through the synthetic gradients), and the real gradients are constants. Under ``bf16`` the
+    network passes run in autocast while the gradients and the distance stay float32. Returns
+    ``(loss, embeddings of x_syn)`` so CFC needs no extra pass.
     """
-    matched = [params[n] for n in names]
-    loss_real = F.cross_entropy(functional_call(model, params, (x_real,)), y_real)
-    g_real = [g.detach() for g in torch.autograd.grad(loss_real, matched)]
-    logits, emb = functional_call(model, params, (x_syn,), {"features": True})
-    g_syn = torch.autograd.grad(F.cross_entropy(logits, y_syn), matched, create_graph=True)
-    return distance(g_real, g_syn, metric), emb
+    frozen = {n: p for n, p in params.items() if n not in names}
+
+    def ce(matched, x, y):
+        with autocast(x.device.type, precision):
+            logits, emb = functional_call(model, {**frozen, **matched}, (x,), {"features": True})
+        return F.cross_entropy(logits.float(), y), emb.float()
+
+    matched = {n: params[n] for n in names}
+    g_real, _ = grad(ce, has_aux=True)(matched, x_real, y_real)
+    g_syn, emb = grad(ce, has_aux=True)(matched, x_syn, y_syn)
+    return distance([g_real[n] for n in names], [g_syn[n] for n in names], metric), emb
 
 
-def cfc_loss(f_bar: torch.Tensor, bank: torch.Tensor, c: int, tau: float = 0.7) -> torch.Tensor:
-    """Category-wise feature contrastive loss (paper Eq. 7).
+def cfc_loss(f_bar: torch.Tensor, bank: torch.Tensor, classes: torch.Tensor, tau: float = 0.7) -> torch.Tensor:
+    """Category-wise feature contrastive loss (paper Eq. 7) of each row of ``f_bar`` (n, D), whose classes
+    are ``classes`` (n,); returns (n,).
 
     Our reading of Eq. 7: the positive is the cosine similarity between this step's mean embedding of class
     ``c``'s synthetic training batch, ``f_bar``, and the class's EMA embedding ``bank[c]``; the denominator
@@ -61,13 +81,13 @@ def cfc_loss(f_bar: torch.Tensor, bank: torch.Tensor, c: int, tau: float = 0.7) 
     ``-sim(f_bar, F_c)/tau + logsumexp_{i != c} sim(f_bar, F_i)/tau``. It pulls a class's synthetic features
     to its own history and pushes them from every other class. ``bank`` is detached state.
     """
-    sims = F.cosine_similarity(f_bar[None], bank, dim=1) / tau
-    others = torch.cat([sims[:c], sims[c + 1:]])
-    return -sims[c] + torch.logsumexp(others, 0)
+    sims = F.cosine_similarity(f_bar[:, None], bank[None], dim=2) / tau
+    own = F.one_hot(classes, bank.shape[0]).bool()
+    return -sims[own] + torch.logsumexp(sims.masked_fill(own, float("-inf")), 1)
 
 
-def ema_update(bank: torch.Tensor, c: int, f_bar: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """``F_c <- alpha F_c + (1 - alpha) f_bar`` (Eq. 8), returning a new bank."""
+def ema_update(bank: torch.Tensor, classes: torch.Tensor, f_bar: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """``F_c <- alpha F_c + (1 - alpha) f_bar_c`` (Eq. 8) for each row of ``f_bar``, returning a new bank."""
     bank = bank.clone()
-    bank[c] = alpha * bank[c] + (1 - alpha) * f_bar.detach()
+    bank[classes] = alpha * bank[classes] + (1 - alpha) * f_bar.detach()
     return bank

@@ -119,6 +119,13 @@ def select_windows(net, x: torch.Tensor, y: torch.Tensor, windows: torch.Tensor,
     return ops.lowest_p(score, cfg.p)
 
 
-def training_batch(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``[images ; crop_resize(images, windows[index])]``, differentiable w.r.t. ``images``."""
-    return ops.crop_resize(images, windows, index, with_source=True)
+def training_batch(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """``[images ; crop_resize(images, windows[index])]``, differentiable w.r.t. ``images``.
+
+    With ``groups`` > 1 the images are that many equal consecutive groups (one per class) and the result is
+    each group's ``[images_g ; crops_g]`` in turn: every class's training batch from one crop_resize call.
+    """
+    if groups == 1:
+        return ops.crop_resize(images, windows, index, with_source=True)
+    crops = ops.crop_resize(images, windows, index)
+    return torch.cat([images.unflatten(0, (groups, -1)), crops.unflatten(0, (groups, -1))], 1).flatten(0, 1)

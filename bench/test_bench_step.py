@@ -1,0 +1,78 @@
+"""One full inner step of Algorithm 1 and a whole short run, in ms per synthetic image.
+
+    pytest bench/test_bench_step.py --benchmark-only
+
+Fashion-MNIST shape (10 classes of 1x28x28 images, random pixels: the cost does not depend on the content),
+the paper's step: activation policy with P=8 of N=12 windows, CFC, l1 matching over the conv weights, a real
+batch of 64 per class. ``loop`` is the per-class reference step, ``batched`` the vmapped one.
+"""
+import time
+
+import pytest
+import torch
+
+from udd_fast import Distiller, RealData, RegionConfig, UDDConfig
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# case -> (ipc, ConvNet width)
+CASES = {"fmnist-ipc10-w128": (10, 128), "fmnist-ipc1-w32": (1, 32)}
+
+
+def fmnist_like(per_class=100):
+    g = torch.Generator().manual_seed(0)
+    return RealData.from_tensors(torch.rand(10 * per_class, 1, 28, 28, generator=g),
+                                 torch.arange(10).repeat_interleave(per_class), (0.2861,), (0.3530,), "fashion-mnist")
+
+
+def config(ipc, width, **kw):
+    return UDDConfig(ipc=ipc, width=width, metric="l1", regions=RegionConfig(policy="activation", p=8), **kw)
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("step", ["loop", "batched"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_inner_step(benchmark, case, step, precision):
+    ipc, width = CASES[case]
+    if DEVICE == "cpu" and precision == "bf16" and width > 32:
+        pytest.skip("bf16 autocast on this CPU is emulated (about 10x slower than fp32 at width 128): "
+                    "its row is measured at width 32 here and at full size on GPU")
+    d = Distiller(fmnist_like(), config(ipc, width, step=step, precision=precision), DEVICE)
+    torch.manual_seed(0)
+    syn = d.init_synthetic().requires_grad_(True)
+    net = d.new_network()
+    bank = d.class_embeddings(net, syn)
+
+    def run():
+        syn.grad = None
+        d.inner_step(net, syn, bank, step=0)
+        sync()
+
+    cpu_big = DEVICE == "cpu" and width > 32
+    benchmark.group = f"inner step {case} {DEVICE}"
+    benchmark.extra_info.update(device=DEVICE, images=syn.shape[0], step=step, precision=precision)
+    benchmark.pedantic(run, rounds=1 if cpu_big else 3, warmup_rounds=0 if cpu_big else 1)
+    benchmark.extra_info["ms_per_image"] = benchmark.stats.stats.mean * 1e3 / syn.shape[0]
+
+
+@pytest.mark.parametrize("step", ["loop", "batched"])
+def test_whole_run(benchmark, step):
+    """Throughput of a short run (1 outer x 5 inner, with network updates): synthetic images updated per second."""
+    cfg = config(1, 32 if DEVICE == "cpu" else 128, outer=1, inner=5, net_batches=2, step=step,
+                 precision="fp32" if DEVICE == "cpu" else "bf16")
+    data = fmnist_like()
+
+    def run():
+        Distiller(data, cfg, DEVICE).run(progress=False)
+        sync()
+
+    benchmark.group = f"whole run fmnist-ipc1 {DEVICE}"
+    benchmark.pedantic(run, rounds=1, warmup_rounds=1)
+    updates = 10 * cfg.ipc * cfg.inner * cfg.outer
+    benchmark.extra_info.update(device=DEVICE, precision=cfg.precision, width=cfg.width,
+                                ms_per_image=benchmark.stats.stats.mean * 1e3 / updates,
+                                images_per_s=updates / benchmark.stats.stats.mean)
