@@ -37,6 +37,7 @@ setup(
     description="Dataset distillation by mining underutilized regions (UDD), with fused kernels",
     packages=["udd_fast", "udd_fast.kernels"],
     package_dir={"udd_fast": "udd_fast", "udd_fast.kernels": "kernels"},
+    package_data={"udd_fast": ["subsets/*.txt"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision", "numpy", "tqdm", "safetensors", "pillow"],
     ext_modules=[extension()] if glob.glob("csrc/*.cpp") else [],

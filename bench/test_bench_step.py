@@ -42,7 +42,7 @@ def test_inner_step(benchmark, case, step, precision):
         pytest.skip("bf16 autocast on this CPU is emulated (about 10x slower than fp32 at width 128): "
                     "its row is measured at width 32 here and at full size on GPU")
     d = Distiller(fmnist_like(), config(ipc, width, step=step, precision=precision), DEVICE)
-    torch.manual_seed(0)
+    d.seed()
     syn = d.init_synthetic().requires_grad_(True)
     net = d.new_network()
     bank = d.class_embeddings(net, syn)

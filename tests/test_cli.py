@@ -17,7 +17,7 @@ def run_cli(*args):
     (["distill", "--dataset", "fashion-mnist", "--ipc", "1", "--preset", "turbo", "--out", "x"], "invalid choice"),
     (["distill", "--dataset", "imagenet", "--ipc", "1", "--out", "x"], "invalid choice"),
     (["distill", "--dataset", "fashion-mnist", "--ipc", "7000", "--out", "{tmp}"], "ipc=7000"),
-    (["distill", "--dataset", "fashion-mnist", "--ipc", "1", "--p", "13", "--out", "{tmp}"], "P=13"),
+    (["distill", "--dataset", "fashion-mnist", "--ipc", "1", "--lowest-p", "13", "--out", "{tmp}"], "P=13"),
     (["evaluate", "{tmp}/missing.safetensors"], "no synthetic set"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, needle):

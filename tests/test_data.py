@@ -59,7 +59,7 @@ def test_imagefolder(tmp_path):
         (tmp_path / c).mkdir()
         for i in range(3):
             Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
-    d = load_dataset("imagefolder", root=tmp_path, size=16)
+    d = load_dataset("imagefolder", root=tmp_path, size=16, stream=False)
     assert d.images.shape == (6, 3, 16, 16) and d.num_classes == 2 and d.class_batch(1, 2).shape[0] == 2
 
 

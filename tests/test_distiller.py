@@ -37,7 +37,8 @@ def test_full_loop_with_cfc_factor_and_checkpoint(tmp_path):
     cfg = fixed_net_config(outer=2, inner=2, net_batches=1, net_batch=8, cfc=True, factor=2, dsa="color_crop_cutout",
                            checkpoint_every=1)
     syn = Distiller(tiny_data(), cfg, out_dir=tmp_path).run(progress=False)
-    assert (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / "synset.safetensors").exists()
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "checkpoint.prev.pt").exists()
+    assert (tmp_path / "synset.safetensors").exists() and not (tmp_path / "checkpoint.tmp").exists()
     loaded = SyntheticSet.load(tmp_path / "synset.safetensors")
     assert loaded.factor == 2 and loaded.training_set()[0].shape == (12, 1, 12, 12)
     assert UDDConfig.from_json(json.dumps(loaded.config)) == cfg
@@ -71,12 +72,12 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 def one_step(cfg, device="cpu"):
     """dL/dS, the summed matching loss and the new CFC bank of the first inner step of ``cfg``."""
     d = Distiller(tiny_data(), cfg, device)
-    torch.manual_seed(cfg.seed)
+    d.seed()
     syn = d.init_synthetic().requires_grad_(True)
     net = d.new_network()
     bank = d.class_embeddings(net, syn)
     total, bank = d.inner_step(net, syn, bank, step=0)
-    return syn.grad.cpu(), total, bank.cpu()
+    return syn.grad.cpu(), total.cpu(), bank.cpu()
 
 
 def rel(a, b):
@@ -87,25 +88,15 @@ def rel(a, b):
 @pytest.mark.parametrize("policy", [None, "activation", "gradient", "jitter", "vote"])
 @pytest.mark.parametrize("factor", [1, 2])
 def test_batched_step_equals_class_loop(policy, factor, device, monkeypatch):
-    """Same state, same seeds: the vmapped step and the per-class loop give the same dL/dS, loss and bank.
-    alpha=1 freezes the bank within the step, the one place where the two orders differ (see distiller)."""
+    """Same state, same seeds: the vmapped step and the per-class loop give the same dL/dS, loss and bank."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 means fp32 on GPU too
-    cfg = fixed_net_config(ipc=2, factor=factor, cfc=True, alpha=1.0, lam=0.5, dsa="color_crop_cutout_flip_scale_rotate",
+    cfg = fixed_net_config(ipc=2, factor=factor, cfc=True, lam=0.5, dsa="color_crop_cutout_flip_scale_rotate",
                            regions=RegionConfig(policy=policy, p=3))
     g_loop, t_loop, b_loop = one_step(cfg.replace(step="loop"), device)
     g_batch, t_batch, b_batch = one_step(cfg.replace(step="batched"), device)
     assert g_loop.abs().sum() > 0
-    assert rel(g_batch, g_loop) < 1e-4 and t_batch == pytest.approx(t_loop, rel=1e-5)
+    assert rel(g_batch, g_loop) < 1e-4 and torch.allclose(t_batch, t_loop, rtol=1e-5)
     assert torch.allclose(b_batch, b_loop, rtol=1e-5, atol=1e-6)
-
-
-def test_batched_bank_update_order_is_the_only_difference():
-    """With a moving bank (alpha 0.5) the final bank is still the same; dL/dS differs only by the CFC term."""
-    cfg = fixed_net_config(ipc=2, cfc=True, alpha=0.5, lam=0.5, dsa="color_crop_cutout")
-    g_loop, _, b_loop = one_step(cfg.replace(step="loop"))
-    g_batch, _, b_batch = one_step(cfg.replace(step="batched"))
-    assert torch.allclose(b_batch, b_loop, rtol=1e-5, atol=1e-6)
-    assert 0 < rel(g_batch, g_loop) < 0.05
 
 
 def test_batched_run_equals_loop_run():
@@ -129,7 +120,7 @@ def test_bf16_step_close_to_fp32(step, device, monkeypatch):
     g16, t16, _ = one_step(cfg.replace(precision="bf16"), device)
     assert g16.dtype == torch.float32 and not torch.equal(g16, g32)
     assert torch.cosine_similarity(g16.flatten(), g32.flatten(), 0) > 0.98
-    assert t16 == pytest.approx(t32, rel=0.05)
+    assert t16.sum().item() == pytest.approx(t32.sum().item(), rel=0.05)
 
 
 def test_batched_step_rejects_batchnorm():

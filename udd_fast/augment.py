@@ -48,16 +48,22 @@ class DSA:
         self.mode = mode
         self.p = params
 
-    def sample(self, n: int, size: tuple[int, int], device=None, siamese: bool = False) -> dict:
-        """Draw parameters for a batch of ``n`` images of ``size`` (one shared draw when ``siamese``)."""
+    def sample(self, n: int, size: tuple[int, int], device=None, siamese: bool = False,
+               generator: torch.Generator | None = None) -> dict:
+        """Draw parameters for a batch of ``n`` images of ``size`` (one shared draw when ``siamese``), from the
+        global stream or from ``generator`` (drawn on its device, then moved to ``device``)."""
         k = 1 if siamese else n
         names = self.names
+        src = generator.device if generator is not None else device
         if self.mode == "single" and names:
-            names = [names[int(torch.randint(len(names), (1,)))]]
+            names = [names[int(torch.randint(len(names), (1,), generator=generator, device=src))]]
         p, h, w = self.p, size[0], size[1]
 
         def u(*shape):
-            return torch.rand(k, *shape, device=device)
+            return torch.rand(k, *shape, generator=generator, device=src).to(device)
+
+        def randint(lo, hi):
+            return torch.randint(lo, hi, (k,), generator=generator, device=src).to(device)
 
         draws = {}
         for name in names:
@@ -65,12 +71,10 @@ class DSA:
                 draws[name] = (u() - 0.5) * p.brightness, u() * p.saturation, u() + p.contrast
             elif name == "crop":
                 sh, sw = int(h * p.crop + 0.5), int(w * p.crop + 0.5)
-                draws[name] = (torch.randint(-sh, sh + 1, (k,), device=device),
-                               torch.randint(-sw, sw + 1, (k,), device=device))
+                draws[name] = randint(-sh, sh + 1), randint(-sw, sw + 1)
             elif name == "cutout":
                 ch, cw = int(h * p.cutout + 0.5), int(w * p.cutout + 0.5)
-                draws[name] = (ch, cw, torch.randint(0, h + (1 - ch % 2), (k,), device=device),
-                               torch.randint(0, w + (1 - cw % 2), (k,), device=device))
+                draws[name] = ch, cw, randint(0, h + (1 - ch % 2)), randint(0, w + (1 - cw % 2))
             elif name == "flip":
                 draws[name] = u() < 0.5
             elif name == "scale":

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from udd_fast.config import CPU_QUICK_NOTES, PRESETS, preset
 from udd_fast.data import DATASETS, load_dataset
@@ -21,6 +23,16 @@ from udd_fast.synset import SyntheticSet
 DATASET_CHOICES = [*DATASETS, "imagefolder"]
 
 
+def _load(args, train: bool):
+    """The training or test split. An image folder's training split is streamed from disk (``--data-root``);
+    its test split (``--test-root``) is decoded into memory once, since every evaluation epoch reads it."""
+    if args.dataset != "imagefolder":
+        return load_dataset(args.dataset, train, args.data_root, args.size)
+    root = args.data_root if train else (args.test_root or args.data_root)
+    return load_dataset("imagefolder", train, root, args.size, classes=args.classes, stream=train,
+                        num_workers=args.workers)
+
+
 def _protocol(args) -> EvalProtocol:
     return EvalProtocol(model=args.eval_model, epochs=args.epochs, repeats=args.repeats)
 
@@ -30,9 +42,9 @@ def _fmt(r: dict) -> str:
 
 
 def cmd_distill(args) -> dict:
-    train = load_dataset(args.dataset, True, args.data_root, args.size)
+    train = _load(args, True)
     cfg = preset(args.preset, args.dataset, args.ipc)
-    changes = {k: v for k, v in {"factor": args.factor, "outer": args.outer, "inner": args.inner,
+    changes = {k: v for k, v in {"model": args.model, "factor": args.factor, "outer": args.outer, "inner": args.inner,
                                  "width": args.width, "seed": args.seed, "lam": args.lam,
                                  "checkpoint_every": args.checkpoint_every, "step": args.step,
                                  "precision": args.precision}.items() if v is not None}
@@ -40,21 +52,24 @@ def cmd_distill(args) -> dict:
         changes["cfc"] = False
     if args.policy is not None:
         changes["regions"] = {"policy": None if args.policy == "none" else args.policy}
-    if args.p is not None:
-        changes.setdefault("regions", {})["p"] = args.p
+    if args.lowest_p is not None:
+        changes.setdefault("regions", {})["p"] = args.lowest_p
     cfg = cfg.replace(**changes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     distiller = Distiller(train, cfg, args.device, out)
-    syn = distiller.run(progress=not args.quiet)
+    syn = distiller.run(progress=not args.quiet, resume=args.resume)
+    if distiller.rank > 0:  # under torchrun, rank 0 writes and evaluates
+        return {}
     syn.grid_png(out / "grid.png")
     if syn.factor > 1:
         syn.grid_png(out / "grid_decoded.png", decoded=True)
     metrics = {"dataset": args.dataset, "ipc": args.ipc, "preset": args.preset, "form": syn.form(),
-               "distill_wall_s": distiller.wall_time, "config": json.loads(cfg.to_json())}
+               "distill_wall_s": distiller.wall_time, "processes": distiller.world, **distiller.peak_memory,
+               "config": json.loads(cfg.to_json())}
     print(f"distilled {len(syn.labels)} images in {distiller.wall_time:.0f} s -> {out / 'synset.safetensors'}")
     if args.evaluate:
-        test = load_dataset(args.dataset, False, args.data_root, args.size)
+        test = _load(args, False)
         proto = _protocol(args)
         metrics["udd"] = evaluate(syn, test, proto, device=args.device, progress=not args.quiet)
         print(f"distilled set ({syn.form()}): {_fmt(metrics['udd'])}")
@@ -77,7 +92,8 @@ def _random(train, test, ipc, proto, args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     syn = SyntheticSet.load(args.path)
-    test = load_dataset(args.dataset or syn.dataset, False, args.data_root, args.size)
+    args.dataset = args.dataset or syn.dataset
+    test = _load(args, False)
     expand = {"yes": True, "no": False, "saved": None}[args.expand]
     result = evaluate(syn, test, _protocol(args), expand, args.device, progress=not args.quiet)
     print(f"{args.path}: {_fmt(result)}")
@@ -87,8 +103,7 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_baseline(args) -> dict:
-    train = load_dataset(args.dataset, True, args.data_root, args.size)
-    test = load_dataset(args.dataset, False, args.data_root, args.size)
+    train, test = _load(args, True), _load(args, False)
     train.check_ipc(args.ipc)
     proto = _protocol(args)
     if args.method == "random":
@@ -116,6 +131,10 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--dataset", choices=DATASET_CHOICES, required=dataset_required)
         q.add_argument("--data-root", default=None, help="folder with the dataset (default: ./data or $UDD_FAST_DATA)")
         q.add_argument("--size", type=int, default=224, help="image size for imagefolder datasets")
+        q.add_argument("--test-root", help="imagefolder: the test split's folder (default: --data-root)")
+        q.add_argument("--classes", help="imagefolder: a file with one class folder per line, or a shipped "
+                                         "list (imagenet10, imagenet100)")
+        q.add_argument("--workers", type=int, help="imagefolder: decoding threads (default: up to 4)")
         q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -130,15 +149,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", choices=PRESETS, default="cpu-quick", help="paper (GPU) or " + CPU_QUICK_NOTES.replace("%", "%%"))
     d.add_argument("--out", required=True, help="run directory")
     d.add_argument("--policy", choices=[*POLICIES, "none"], help="region policy ('none': IDC-style)")
-    d.add_argument("--p", type=int, help="windows chosen per image")
+    d.add_argument("--lowest-p", type=int, help="P: the lowest-scoring windows kept per image (of N=12)")
     d.add_argument("--no-cfc", action="store_true", help="drop the CFC loss")
     d.add_argument("--lam", type=float, help="CFC loss weight")
     d.add_argument("--factor", type=int, help="multi-formation factor")
     d.add_argument("--outer", type=int)
     d.add_argument("--inner", type=int)
+    d.add_argument("--model", choices=MODELS, help="distillation network (default: convnet)")
     d.add_argument("--width", type=int)
     d.add_argument("--seed", type=int)
-    d.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoint.safetensors writes")
+    d.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoints (OUT/checkpoint.pt)")
+    d.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")
     d.add_argument("--step", choices=["loop", "batched"],
                    help="classes one at a time (loop) or all in one vmapped pass (batched; faster on GPU)")
     d.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: network passes under bfloat16 autocast")
@@ -173,14 +194,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _distributed(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL with one GPU per process, else gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        return
+    if args.device.startswith("cuda"):
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(args.device)
+    dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    if dist.get_rank() > 0:
+        args.quiet = True
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     start = time.time()
     try:
+        if args.command == "distill":
+            _distributed(args)
         args.func(args)
     except UDDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     if not getattr(args, "quiet", True):
         print(f"done in {time.time() - start:.0f} s")
     return 0

@@ -1,14 +1,28 @@
-"""Datasets as tensor-resident real-image pools with per-class sampling and normalization stats.
+"""Datasets as per-class real-image samplers with normalization stats: tensor-resident or streamed from disk.
 
 ``load_dataset(name, train)`` covers MNIST, Fashion-MNIST, SVHN, CIFAR-10/100 (through torchvision) and any
 ``ImageFolder``; :meth:`RealData.from_tensors` and :meth:`RealData.from_dataset` wrap a user's data.
 Fashion-MNIST and MNIST are read straight from their IDX files when a local copy exists (e.g. the Debian
 package ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``).
+
+Two samplers share one duck-typed interface (``name, mean, std, flip, num_classes, by_class, channels, size,
+device, normalize, class_batch, random_batch, check_ipc, to``), which is all the distiller and the coreset
+baselines use:
+
+- :class:`RealData` holds every image in one tensor (small datasets);
+- :class:`FolderData` keeps only the file list of an ``ImageFolder`` and decodes the images a batch asks for
+  on each call (e.g. 224 px ImageNet subsets), with the same index draws as :class:`RealData`, so a seeded
+  generator gives the same pixels either way.
+
+Class subsets of an ``ImageFolder`` (``classes=``) are a list of folder names, a text file with one name per
+line, or the name of a list shipped in ``udd_fast/subsets/`` (:data:`SUBSETS`, e.g. ``"imagenet10"``, the
+10 ImageNet classes IDC uses).
 """
 from __future__ import annotations
 
 import gzip
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +40,10 @@ DATASETS = {
     "cifar100": ("CIFAR100", 3, 32, 100, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762), True),
 }
 IDX_DIRS = {"fashion-mnist": ["/usr/share/datasets/fashion-mnist"], "mnist": ["/usr/share/datasets/mnist"]}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SUBSET_DIR = Path(__file__).parent / "subsets"
+#: names of the class lists shipped in ``udd_fast/subsets/`` (``classes="imagenet10"``)
+SUBSETS = tuple(sorted(f.stem for f in SUBSET_DIR.glob("*.txt")))
 
 
 def default_root() -> Path:
@@ -96,29 +114,219 @@ class RealData:
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
 
+    @property
+    def device(self) -> torch.device:
+        """Where the images live and batches are returned."""
+        return self.images.device
+
     def class_batch(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` random images of class ``c`` (without replacement when the class is large enough)."""
         idx = self.by_class[c]
-        pick = torch.randperm(len(idx), generator=generator)[:n] if n <= len(idx) else \
-            torch.randint(len(idx), (n,), generator=generator)
-        return self.images[idx[pick]]
+        return self.images[idx[_pick(len(idx), n, generator)]]
 
     def random_batch(self, n: int, generator: torch.Generator | None = None):
+        """``n`` images drawn uniformly with replacement from the whole set, and their labels."""
         pick = torch.randint(len(self.labels), (n,), generator=generator)
         return self.images[pick], self.labels[pick]
 
     def check_ipc(self, ipc: int, factor: int = 1) -> None:
         """Each class must hold the ``ipc * factor**2`` real images the synthetic set is initialised from."""
-        smallest = min(len(i) for i in self.by_class)
-        if ipc < 1 or ipc * factor ** 2 > smallest:
-            need = f"ipc={ipc}" if factor == 1 else f"ipc={ipc} with factor {factor} ({ipc * factor ** 2} real images)"
-            raise UDDError(f"{need} must be between 1 and the smallest class size ({smallest}); lower --ipc"
-                           + ("" if factor == 1 else " or --factor"))
+        _check_ipc(self.by_class, ipc, factor)
 
     def to(self, device) -> "RealData":
         self.images, self.labels = self.images.to(device), self.labels.to(device)
         self.by_class = [i.to(device) for i in self.by_class]
         return self
+
+
+def _pick(available: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Positions of ``n`` draws among ``available`` items: a random permutation's first ``n`` (no
+    replacement) when there are enough, else ``n`` uniform draws with replacement."""
+    return torch.randperm(available, generator=generator)[:n] if n <= available else \
+        torch.randint(available, (n,), generator=generator)
+
+
+def _check_ipc(by_class, ipc: int, factor: int) -> None:
+    smallest = min(len(i) for i in by_class)
+    if ipc < 1 or ipc * factor ** 2 > smallest:
+        need = f"ipc={ipc}" if factor == 1 else f"ipc={ipc} with factor {factor} ({ipc * factor ** 2} real images)"
+        raise UDDError(f"{need} must be between 1 and the smallest class size ({smallest}); lower --ipc"
+                       + ("" if factor == 1 else " or --factor"))
+
+
+class FolderData:
+    """Real images streamed from an ``ImageFolder`` (``root/<class>/<image>``): only the file list is held;
+    each batch is decoded from disk when asked for, resized (shorter side) and center-cropped to ``size``,
+    in pixel space ``[0, 1]``, normalized with ImageNet's mean and std.
+
+    Same interface and index draws as :class:`RealData` (``class_batch``, ``random_batch``, ``check_ipc``,
+    ``to``, ...): with the same ``torch.Generator`` state it returns the same pixels as the in-memory copy.
+    Decoding runs in a persistent pool of ``num_workers`` threads (0: in the caller; Pillow releases the GIL
+    while it decodes and resizes, and a pool of threads costs nothing to start for each small per-class batch,
+    unlike ``DataLoader`` worker processes), into pinned memory when the device is CUDA.
+    ``classes``: see :func:`resolve_classes` (``None``: every class folder, sorted).
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int = 224, classes=None, num_workers: int | None = None,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 name: str = "imagefolder", flip: bool = True):
+        if num_workers is None:
+            num_workers = min(4, os.cpu_count() or 1)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise UDDError(f"num_workers must be an integer >= 0 (0 decodes in this process), got {num_workers!r}")
+        self.dataset = _image_folder(Path(root), size, classes)
+        self.root, self.image_size, self.num_workers = Path(root), size, num_workers
+        self.name, self.mean, self.std, self.flip = name, tuple(mean), tuple(std), flip
+        self.classes = list(self.dataset.classes)
+        self.num_classes = len(self.classes)
+        self.labels = torch.as_tensor(self.dataset.targets, dtype=torch.int64)
+        self.by_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
+        self.device = torch.device("cpu")
+        self._pool = None
+
+    def __repr__(self) -> str:
+        return (f"FolderData(root={str(self.root)!r}, classes={self.num_classes}, images={len(self.labels)}, "
+                f"size={self.size}, num_workers={self.num_workers}, device={self.device})")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+    @property
+    def size(self) -> int:
+        return self.image_size
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def load(self, index) -> torch.Tensor:
+        """Decode the images at dataset positions ``index`` (in that order) onto :attr:`device`."""
+        index = torch.as_tensor(index, dtype=torch.int64).flatten().tolist()
+        if not index:
+            return torch.empty(0, 3, self.size, self.size, device=self.device)
+        if self.num_workers == 0:
+            images = [self.dataset[i][0] for i in index]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="udd_fast-decode")
+            images = list(self._pool.map(lambda i: self.dataset[i][0], index))
+        batch = torch.stack(images)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
+
+    def class_batch(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` random images of class ``c`` (without replacement when the class is large enough),
+        decoded from disk; the same draw as :meth:`RealData.class_batch`."""
+        idx = self.by_class[c]
+        return self.load(idx[_pick(len(idx), n, generator)])
+
+    def random_batch(self, n: int, generator: torch.Generator | None = None):
+        """``n`` images drawn uniformly with replacement from the whole folder, and their labels."""
+        pick = torch.randint(len(self.labels), (n,), generator=generator)
+        return self.load(pick), self.labels[pick].to(self.device)
+
+    def check_ipc(self, ipc: int, factor: int = 1) -> None:
+        """Each class must hold the ``ipc * factor**2`` real images the synthetic set is initialised from."""
+        _check_ipc(self.by_class, ipc, factor)
+
+    def to(self, device) -> "FolderData":
+        """Return batches on ``device`` from now on (the file list stays on the CPU)."""
+        self.device = torch.device(device)
+        return self
+
+    def materialize(self) -> RealData:
+        """Decode every image into an in-memory :class:`RealData` (same order, labels and statistics)."""
+        images = self.load(torch.arange(len(self.labels)))
+        return RealData(images, self.labels.to(images.device), self.mean, self.std, self.name, self.flip,
+                        self.num_classes)
+
+
+def read_class_list(path: str | os.PathLike) -> list[str]:
+    """Class folder names from a text file: one per line, ``#`` starts a comment, blank lines skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise UDDError(f"cannot read class list {path} ({e.strerror or e})") from None
+    return [name for line in lines if (name := line.split("#", 1)[0].strip())]
+
+
+def resolve_classes(classes) -> tuple[list[str] | None, str]:
+    """``classes`` as a list of folder names plus a description of where it came from.
+
+    Accepts ``None`` (all folders), a list/tuple of names, a path to a text file (see :func:`read_class_list`)
+    or the name of a shipped list (:data:`SUBSETS`, e.g. ``"imagenet10"``)."""
+    if classes is None:
+        return None, ""
+    if isinstance(classes, (str, os.PathLike)):
+        path = Path(classes)
+        if path.is_file():
+            names, source = read_class_list(path), f"class list {path}"
+        elif str(classes) in SUBSETS:
+            names, source = read_class_list(SUBSET_DIR / f"{classes}.txt"), f"shipped class list {classes!r}"
+        else:
+            raise UDDError(f"unknown class list {str(classes)!r}: not a file and not a shipped list (choose one of "
+                           f"{', '.join(SUBSETS) or 'none'}, or pass a text file with one class folder per line)")
+    else:
+        names, source = [str(c) for c in classes], "classes"
+    if not names:
+        raise UDDError(f"{source} names no classes; list one class folder name per line")
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise UDDError(f"{source} names class(es) {', '.join(dup)} more than once; list each class once")
+    return names, source
+
+
+def _image_folder(root: Path, size: int, classes=None):
+    """A torchvision ``ImageFolder`` over ``root`` with the resize/center-crop/ToTensor transform, restricted
+    to ``classes`` (in their order, labelled 0..K-1) when given."""
+    from torchvision import transforms as T
+
+    if not isinstance(size, int) or size < 1:
+        raise UDDError(f"size must be a positive integer (pixels), got {size!r}")
+    if not root.is_dir():
+        raise UDDError(f"ImageFolder root {root} does not exist; pass --data-root DIR with one folder per class")
+    names, source = resolve_classes(classes)
+    if names is not None:
+        missing = [c for c in names if not (root / c).is_dir()]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
+            raise UDDError(f"{source} names class folder(s) {shown} missing under {root}; fix the list or the root")
+    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+    try:
+        return _FolderFiles(str(root), names, tf)
+    except FileNotFoundError as e:
+        raise UDDError(f"ImageFolder {root}: {str(e).splitlines()[0]} (every class folder needs at least one "
+                       "image file)") from None
+
+
+class _FolderFiles(torch.utils.data.Dataset):
+    """The (path, label) list of an ImageFolder, restricted to ``classes`` (labelled in their order; ``None``:
+    every class folder, sorted); items are ``(transform(image), label)``."""
+
+    def __init__(self, root: str, classes, transform):
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+        self.root, self.transform = root, transform
+        self.classes = list(classes) if classes is not None else find_classes(root)[0]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = make_dataset(root, self.class_to_idx, extensions=IMG_EXTENSIONS)
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from torchvision.datasets.folder import default_loader
+
+        path, target = self.samples[i]
+        return self.transform(default_loader(path)), target
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -139,13 +347,23 @@ def _find_idx(dirs, prefix: str) -> tuple[Path, Path] | None:
 
 
 def load_dataset(name: str, train: bool = True, root: str | os.PathLike | None = None, size: int = 224,
-                 download: bool = True) -> RealData:
-    """Load a dataset by name (see :data:`DATASETS`) or ``imagefolder`` (``root`` = the class folders)."""
+                 download: bool = True, classes=None, stream: bool | None = None,
+                 num_workers: int | None = None) -> "RealData | FolderData":
+    """Load a dataset by name (see :data:`DATASETS`) or ``imagefolder`` (``root`` = the class folders).
+
+    For ``imagefolder``: ``size`` is the resize/center-crop size; ``classes`` restricts and orders the classes
+    (a list of folder names, a text file with one per line, or a shipped list name such as ``"imagenet10"``;
+    labels become 0..K-1 in that order); ``stream`` (default ``True``) returns a :class:`FolderData` that
+    decodes batches from disk with ``num_workers`` processes, ``stream=False`` an in-memory :class:`RealData`.
+    (``train`` is not used for ``imagefolder``: point ``root`` at the split you want.)"""
     root = Path(root) if root is not None else default_root()
     if name == "imagefolder":
-        return _imagefolder(root, size)
+        folder = FolderData(root, size, classes, num_workers)
+        return folder if stream is None or stream else folder.materialize()
     if name not in DATASETS:
         raise UDDError(f"unknown dataset {name!r}; choose one of {', '.join([*DATASETS, 'imagefolder'])}")
+    if classes is not None or stream:
+        raise UDDError(f"classes= and stream=True apply to imagefolder datasets only, not {name!r}")
     tv_name, channels, _, classes, mean, std, flip = DATASETS[name]
     found = _find_idx([root / name, root, *IDX_DIRS.get(name, [])], "train" if train else "t10k") \
         if name in IDX_DIRS else None
@@ -175,15 +393,3 @@ def _torchvision(tv_name: str, root: Path, train: bool, download: bool):
     labels = torch.as_tensor(np.asarray(ds.labels if tv_name == "SVHN" else ds.targets), dtype=torch.int64)
     return data.contiguous(), labels
 
-
-def _imagefolder(root: Path, size: int) -> RealData:
-    import torchvision
-    from torchvision import transforms as T
-
-    if not root.is_dir():
-        raise UDDError(f"ImageFolder root {root} does not exist; pass --data-root DIR with one folder per class")
-    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
-    ds = torchvision.datasets.ImageFolder(str(root), transform=tf)
-    data = RealData.from_dataset(ds, name="imagefolder")
-    return RealData(data.images, data.labels, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagefolder",
-                    True, len(ds.classes))

@@ -19,25 +19,36 @@ is exactly a per-class SGD step with per-class momentum.
 
 ``step="loop"`` is the reference: one class at a time, one backward each. ``step="batched"`` computes every
 class's real and synthetic parameter gradients and matching loss in one ``torch.func.vmap`` of the same pure
-function, with one backward. Both draw the same real batches and augmentations (in class order) and give the
-same update, with one difference: the loop updates the CFC bank after each class, so class c's contrastive
-term sees this step's EMA of classes < c, while the batched step updates all rows after the step. That is
-harmless: the bank is a detached, slowly moving target (each row moves by (1 - alpha) of the gap to a fresh
-mean embedding), and a given class's negatives are older by at most one inner step.
+function, with one backward. Both give the same update: each class draws its real batch and DSA parameters
+from its own random stream, and the CFC bank is updated once per inner step with every class's mean embedding
+(Algorithm 1 read literally would update it after each class, so class c would see this step's EMA of the
+classes before it; the bank is a detached, slowly moving target, each row moving by (1 - alpha) of the gap to a
+fresh mean embedding, so one step of staleness is harmless, and it makes the update independent of class
+order, batching and the number of processes).
+
+Under ``torchrun`` the classes are split over the processes: each process matches its own classes and the
+synthetic images, mean embeddings and matching terms are summed across processes after every step (each row
+is non-zero on exactly one process, so the sum is exact). Every process trains the same network: the same
+seed gives the same initialisation, every process draws the same real mini-batches from the global random
+stream, and the parameters are broadcast from rank 0 after each update so they stay bit-identical even where
+GPU kernels are not deterministic.
 """
 from __future__ import annotations
 
 import json
 import math
+import resource
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.func import vmap
 from tqdm.auto import tqdm
 
+from udd_fast import checkpoint
 from udd_fast.augment import DSA
 from udd_fast.config import UDDConfig
 from udd_fast.data import RealData
@@ -47,6 +58,14 @@ from udd_fast.losses import autocast, cfc_loss, ema_update, grad_match, matched_
 from udd_fast.models import build_model
 from udd_fast.regions import candidate_windows, check_image_size, decode, select_windows, training_batch
 from udd_fast.synset import SyntheticSet, mix_init
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak resident host memory of this process and peak allocated device memory, in MiB."""
+    peak = {"host_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peak["device_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return peak
 
 
 def cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int, generator=None):
@@ -86,9 +105,22 @@ class Distiller:
         if config.step == "batched" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
             raise UDDError(f"step='batched' cannot vmap a model with BatchNorm ({config.model}); use step='loop' "
                            "or a model with instance norm (convnet, resnetap10)")
+        # this process's classes: a contiguous share of them under torchrun, all of them otherwise
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if self.world > self.k:
+            raise UDDError(f"{self.world} processes for {self.k} classes: use at most one process per class")
+        self.classes = [c for c in range(self.k) if c * self.world // self.k == self.rank]
+        self.own = torch.zeros(self.k, device=self.device)
+        self.own[self.classes] = 1
         self.history: list[dict] = []
 
     # --- the pieces of Algorithm 1 -------------------------------------------------------------------
+    def seed(self) -> None:
+        """Seed the global random stream (networks and their training, the initialisation) and one stream per
+        class (its real batches and augmentation draws)."""
+        torch.manual_seed(self.cfg.seed)
+        self.streams = [torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + c) for c in range(self.k)]
+
     def init_synthetic(self) -> torch.Tensor:
         """Real images of each class (``factor**2`` of them tiled into each stored image): random ones, or
         the herding selection (images whose running mean embedding tracks the class mean); or noise."""
@@ -108,22 +140,27 @@ class Distiller:
         return net.to(self.device)
 
     def mine(self, net, syn: torch.Tensor, seed: int) -> torch.Tensor | None:
-        """Indices (decoded images, P) of every decoded synthetic image's P most underutilized windows."""
+        """Indices (classes, decoded images per class, P) of the P most underutilized windows of every decoded
+        image of this process's classes (rows of other classes stay 0)."""
         cfg = self.cfg
         if cfg.regions.policy is None:
             return None
-        images = decode(syn.detach(), cfg.factor)
-        labels = self.labels.repeat_interleave(cfg.factor ** 2)
+        own = torch.tensor(self.classes, device=self.device)
+        images = decode(syn.detach().unflatten(0, (self.k, cfg.ipc))[own].flatten(0, 1), cfg.factor)
+        labels = own.repeat_interleave(cfg.ipc * cfg.factor ** 2)
         with autocast(self.device.type, cfg.precision):
-            return select_windows(net, images, labels, self.windows, self.data.normalize, cfg.regions, seed)
+            index = select_windows(net, images, labels, self.windows, self.data.normalize, cfg.regions, seed)
+        full = index.new_zeros(self.k, images.shape[0] // len(own), cfg.regions.p)
+        full[own] = index.unflatten(0, (len(own), -1))
+        return full
 
-    def draw_real(self) -> tuple[list[torch.Tensor], list[dict]]:
-        """Each class's real batch and its Siamese DSA draw, in class order (so both step modes consume the
-        random stream identically)."""
-        reals, draws = [], []
-        for c in range(self.k):
-            reals.append(self.data.class_batch(c, self.cfg.batch_real))
-            draws.append(self.dsa.sample(1, reals[-1].shape[-2:], self.device, siamese=True))
+    def draw_real(self, classes: list[int]) -> tuple[dict, dict]:
+        """Each class's real batch and its Siamese DSA draw, from the class's own random stream (so the draws
+        do not depend on the step mode or on which process handles the class)."""
+        reals, draws = {}, {}
+        for c in classes:
+            reals[c] = self.data.class_batch(c, self.cfg.batch_real, self.streams[c])
+            draws[c] = self.dsa.sample(1, reals[c].shape[-2:], self.device, siamese=True, generator=self.streams[c])
         return reals, draws
 
     def class_losses(self, net, params, syn, index, reals, draws, classes: list[int], bank):
@@ -135,7 +172,7 @@ class Distiller:
         s = syn.unflatten(0, (self.k, cfg.ipc))[cls].flatten(0, 1)
         x_syn = decode(s, cfg.factor)
         if index is not None:
-            x_syn = training_batch(x_syn, self.windows, index.unflatten(0, (self.k, -1))[cls].flatten(0, 1), g)
+            x_syn = training_batch(x_syn, self.windows, index[cls].flatten(0, 1), g)
         x_real = torch.cat([reals[c] for c in classes])
         draw = [draws[c] for c in classes]
         x_real = self.dsa.apply(norm(x_real), DSA.repeat(draw, x_real.shape[0] // g)).unflatten(0, (g, -1))
@@ -153,19 +190,35 @@ class Distiller:
             loss = loss + cfg.lam * cfc_loss(f_bar, bank, cls, cfg.tau).sum()
         return loss, match.detach(), f_bar.detach()
 
-    def inner_step(self, net, syn: torch.Tensor, bank: torch.Tensor, step: int) -> tuple[float, torch.Tensor]:
-        """dL/dS of every class, accumulated into ``syn.grad``; returns (sum of the matching terms, new bank)."""
+    def inner_step(self, net, syn: torch.Tensor, bank: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """dL/dS of this process's classes, accumulated into ``syn.grad``. Returns every class's matching term
+        (K,) and the bank updated with every class's mean synthetic embedding."""
         params = {n: p.detach() for n, p in net.named_parameters()}
         index = self.mine(net, syn, seed=step)
-        reals, draws = self.draw_real()
-        groups = [list(range(self.k))] if self.cfg.step == "batched" else [[c] for c in range(self.k)]
-        total = 0.0
-        for classes in groups:
-            loss, match, f_bar = self.class_losses(net, params, syn, index, reals, draws, classes, bank)
+        reals, draws = self.draw_real(self.classes)
+        match = torch.zeros(self.k, device=self.device)
+        f_bar = torch.zeros_like(bank)
+        for classes in [self.classes] if self.cfg.step == "batched" else [[c] for c in self.classes]:
+            loss, match[classes], f_bar[classes] = self.class_losses(net, params, syn, index, reals, draws,
+                                                                     classes, bank)
             loss.backward()
-            bank = ema_update(bank, torch.tensor(classes, device=self.device), f_bar, self.cfg.alpha)
-            total += match.sum().item()
-        return total, bank
+        match, f_bar = self.shared(match), self.shared(f_bar)
+        return match, ema_update(bank, torch.arange(self.k, device=self.device), f_bar, self.cfg.alpha)
+
+    def shared(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (class-major rows) with every process's rows of its own classes: a sum across processes in
+        which each row is non-zero on exactly one of them."""
+        if self.world == 1:
+            return t
+        t = t * self.own.repeat_interleave(t.shape[0] // self.k).view(-1, *[1] * (t.dim() - 1))
+        dist.all_reduce(t)
+        return t
+
+    def sync_network(self, net) -> None:
+        """Rank 0's parameters on every process."""
+        if self.world > 1:
+            for p in net.parameters():
+                dist.broadcast(p.data, 0)
 
     @torch.no_grad()
     def class_embeddings(self, net, syn: torch.Tensor) -> torch.Tensor:
@@ -194,31 +247,43 @@ class Distiller:
             opt.step()
 
     # --- Algorithm 1 ----------------------------------------------------------------------------------
-    def run(self, progress: bool = True) -> SyntheticSet:
-        """Run the whole distillation and return the synthetic set (also saved to ``out_dir`` if given)."""
+    def run(self, progress: bool = True, resume: bool = False) -> SyntheticSet:
+        """Run the whole distillation and return the synthetic set (also saved to ``out_dir`` if given).
+
+        With ``out_dir``, a checkpoint is written every ``checkpoint_every`` outer iterations; ``resume``
+        continues from the newest readable one and ends with the same set as an uninterrupted run."""
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        syn = self.init_synthetic().requires_grad_(True)
+        self.seed()
+        state = checkpoint.load(self.out_dir) if resume and self.out_dir else None
+        syn = (state["syn"].to(self.device) if state else self.init_synthetic()).requires_grad_(True)
         # lr_img is in normalized units; S lives in pixel space, where the same step is lr * std^2
         std2 = sum(s * s for s in self.data.std) / len(self.data.std)
         opt = torch.optim.SGD([syn], lr=cfg.lr_img * std2, momentum=cfg.mom_img)
         milestones = [int(f * cfg.outer) for f in cfg.lr_decay]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.5)
-        bar = tqdm(total=cfg.outer * cfg.inner, desc="distill", disable=not progress, unit="step")
-        start, step = time.time(), 0
-        for outer in range(cfg.outer):
+        first = self.restore(state, opt, sched, syn) if state else 0
+        step = first * cfg.inner
+        bar = tqdm(total=cfg.outer * cfg.inner, initial=step, desc="distill", unit="step",
+                   disable=not progress or self.rank > 0)
+        start = time.time()
+        for outer in range(first, cfg.outer):
             net = self.new_network()
+            self.sync_network(net)
             net_opt = torch.optim.SGD(net.parameters(), lr=cfg.net_lr, momentum=0.9, weight_decay=5e-4)
             bank = self.class_embeddings(net, syn)
             for inner in range(cfg.inner):
                 opt.zero_grad()
-                total, bank = self.inner_step(net, syn, bank, step)
+                match, bank = self.inner_step(net, syn, bank, step)
+                total = match.sum().item()
                 if not math.isfinite(total):
                     raise UDDError(f"matching loss became {total} at outer {outer}, inner {inner}; "
                                    "lower lr_img")
                 opt.step()
+                with torch.no_grad():
+                    syn.copy_(self.shared(syn))
                 if inner < cfg.inner - 1:
                     self.train_network(net, net_opt, syn)
+                    self.sync_network(net)
                 step += 1
                 bar.update()
                 bar.set_postfix(outer=outer, match=f"{total / self.k:.4g}")
@@ -227,16 +292,48 @@ class Distiller:
             with torch.no_grad():
                 syn.clamp_(0, 1)
             if self.out_dir and cfg.checkpoint_every and (outer + 1) % cfg.checkpoint_every == 0:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                self.synthetic_set(syn).save(self.out_dir / "checkpoint.safetensors")
+                self.checkpoint(syn, opt, outer + 1)
         bar.close()
         self.wall_time = time.time() - start
+        self.peak_memory = peak_memory(self.device)
         result = self.synthetic_set(syn)
-        if self.out_dir:
+        if self.out_dir and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             result.save(self.out_dir / "synset.safetensors")
             (self.out_dir / "history.json").write_text(json.dumps(self.history))
         return result
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def checkpoint(self, syn: torch.Tensor, opt, outer: int) -> None:
+        """Everything the rest of the run depends on after ``outer`` outer iterations (a fresh network and
+        CFC bank follow, so neither is saved). Every process joins in; rank 0 writes."""
+        momentum = opt.state[syn].get("momentum_buffer")
+        momentum = self.shared(momentum) if momentum is not None else torch.zeros_like(syn)
+        state = {"outer": outer, "syn": syn.detach().cpu(), "momentum": momentum.cpu(), "lr": opt.param_groups[0]["lr"],
+                 "rng": torch.get_rng_state(), "streams": torch.stack([g.get_state() for g in self.streams]),
+                 "history": json.dumps(self.history), "config": self.cfg.to_json()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.rank == 0:
+            checkpoint.save(self.out_dir, state)
+
+    def restore(self, state: dict, opt, sched, syn: torch.Tensor) -> int:
+        """Load a checkpoint's optimizer, schedule, random streams and history; returns the next outer index."""
+        saved, now = json.loads(state["config"]), json.loads(self.cfg.to_json())
+        changed = sorted(k for k in now if k != "checkpoint_every" and saved.get(k) != now[k])
+        if changed:
+            raise UDDError(f"the checkpoint in {self.out_dir} was written with other settings ({', '.join(changed)}); "
+                           "resume with the same settings or use another --out")
+        opt.state[syn]["momentum_buffer"] = state["momentum"].to(self.device)
+        opt.param_groups[0]["lr"] = state["lr"]
+        sched.last_epoch = state["outer"]
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        for g, s in zip(self.streams, state["streams"]):
+            g.set_state(s.clone())  # a row view of the stack crashes set_state (it ignores the storage offset)
+        self.history = json.loads(state["history"])
+        return state["outer"]
 
     def synthetic_set(self, syn: torch.Tensor) -> SyntheticSet:
         d = self.data

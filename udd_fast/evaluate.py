@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from udd_fast.augment import DSA
-from udd_fast.data import RealData
+from udd_fast.data import FolderData, RealData
 from udd_fast.metrics import mue
 from udd_fast.models import build_model
 from udd_fast.synset import SyntheticSet
@@ -83,17 +83,18 @@ def evaluate(synset: SyntheticSet, test: RealData, proto: EvalProtocol = EvalPro
     return evaluate_images(x, y, test, proto, device, seed, progress)
 
 
-def random_coreset(data: RealData, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ipc`` real images per class, uniformly at random."""
+def random_coreset(data: RealData | FolderData, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ipc`` real images per class, uniformly at random (images on ``data.device``, labels on the CPU)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.cat([data.class_batch(c, ipc, g) for c in range(data.num_classes)])
     return x, torch.arange(data.num_classes).repeat_interleave(ipc)
 
 
-def herding_coreset(data: RealData, ipc: int, embed=None, max_per_class: int = 1000, seed: int = 0):
+def herding_coreset(data: RealData | FolderData, ipc: int, embed=None, max_per_class: int = 1000, seed: int = 0):
     """Herding (Welling 2009): per class, greedily pick images whose running mean embedding tracks the
     class mean. ``embed`` maps normalized images to features (default: a ConvNet briefly trained on
-    ``data``); at most ``max_per_class`` candidates per class."""
+    ``data``); at most ``max_per_class`` candidates per class, held in memory one class at a time (lower
+    it for large images streamed from a :class:`FolderData`)."""
     if embed is None:
         embed = _feature_extractor(data, seed)
     g = torch.Generator().manual_seed(seed)
@@ -113,9 +114,9 @@ def herding_coreset(data: RealData, ipc: int, embed=None, max_per_class: int = 1
     return torch.cat(xs), torch.arange(data.num_classes).repeat_interleave(ipc)
 
 
-def _feature_extractor(data: RealData, seed: int, steps: int = 150):
+def _feature_extractor(data: RealData | FolderData, seed: int, steps: int = 150):
     torch.manual_seed(seed)
-    net = build_model("convnet", data.channels, data.num_classes, data.size, 64).to(data.images.device)
+    net = build_model("convnet", data.channels, data.num_classes, data.size, 64).to(data.device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for _ in range(steps):
         x, y = data.random_batch(128)
