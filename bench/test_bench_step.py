@@ -76,3 +76,36 @@ def test_whole_run(benchmark, step):
     benchmark.extra_info.update(device=DEVICE, precision=cfg.precision, width=cfg.width,
                                 ms_per_image=benchmark.stats.stats.mean * 1e3 / updates,
                                 images_per_s=updates / benchmark.stats.stats.mean)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_torchrun_processes(benchmark, tmp_path, processes):
+    """Classes split over torchrun processes (gloo on CPU, NCCL on GPU): Fashion-MNIST IPC=1, 1 x 6 iterations,
+    the per-class loop. On CPU the cores are shared out (threads per process = cores / processes)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    if DEVICE == "cuda" and torch.cuda.device_count() < processes:
+        pytest.skip(f"needs {processes} GPUs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
+           "127.0.0.1", "--master_port", str(port), "-m", "udd_fast", "distill", "--dataset", "fashion-mnist",
+           "--ipc", "1", "--preset", "paper", "--outer", "1", "--inner", "6", "--width", "32" if DEVICE == "cpu" else "128",
+           "--step", "loop", "--precision", "fp32", "--quiet", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+
+    def run():
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+
+    benchmark.group = f"torchrun processes fmnist-ipc1 {DEVICE}"
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    wall = json.loads((out / "metrics.json").read_text())["distill_wall_s"]  # the distillation loop alone
+    updates = 10 * 6
+    benchmark.extra_info.update(device=DEVICE, processes=processes, ms_per_image=wall * 1e3 / updates,
+                                images_per_s=updates / wall)

@@ -48,6 +48,8 @@ def cmd_distill(args) -> dict:
                                  "width": args.width, "seed": args.seed, "lam": args.lam,
                                  "checkpoint_every": args.checkpoint_every, "step": args.step,
                                  "precision": args.precision}.items() if v is not None}
+    if args.model is not None and args.width is None:
+        changes["width"] = None  # the model's standard width (ResNetAp-10: 64), not ConvNet's 128
     if args.no_cfc:
         changes["cfc"] = False
     if args.policy is not None:
