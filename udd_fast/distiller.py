@@ -287,7 +287,7 @@ class Distiller:
                 step += 1
                 bar.update()
                 bar.set_postfix(outer=outer, match=f"{total / self.k:.4g}")
-                self.history.append({"step": step, "outer": outer, "match": total / self.k})
+                self.history.append({"step": step, "outer": outer, "match": total / self.k, **peak_memory(self.device)})
             sched.step()
             with torch.no_grad():
                 syn.clamp_(0, 1)
