@@ -163,7 +163,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoints (OUT/checkpoint.pt)")
     d.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")
     d.add_argument("--step", choices=["loop", "batched"],
-                   help="classes one at a time (loop) or all in one vmapped pass (batched; faster on GPU)")
+                   help="classes one at a time (loop, the reference) or all in one vmapped pass (batched: "
+                        "meant for GPUs; slower than the loop on CPU)")
     d.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: network passes under bfloat16 autocast")
     d.add_argument("--evaluate", action="store_true", help="evaluate the result when done")
     d.add_argument("--baseline", action="store_true", help="with --evaluate, also score random real images")

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from udd_fast import checkpoint
 from udd_fast.augment import DSA
 from udd_fast.config import UDDConfig
-from udd_fast.data import RealData
+from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
 from udd_fast.evaluate import herding_coreset
 from udd_fast.losses import autocast, cfc_loss, ema_update, grad_match, matched_names
@@ -89,7 +89,7 @@ class Distiller:
     >>> syn = Distiller(load_dataset("fashion-mnist"), preset("cpu-quick", "fashion-mnist", 1)).run()
     """
 
-    def __init__(self, data: RealData, config: UDDConfig, device: str | torch.device = "cpu",
+    def __init__(self, data: RealData | FolderData, config: UDDConfig, device: str | torch.device = "cpu",
                  out_dir: str | Path | None = None):
         data.check_ipc(config.ipc, config.factor)
         if config.regions.policy is not None:
