@@ -56,11 +56,11 @@ step() {  # step NAME TIMEOUT_S COMMAND... : run with a time limit, log to $OUT/
     echo "|---|---|---|"
 } >"$summary"
 
-step build 150 $PY -m pip install -q -e . --no-build-isolation --no-deps
-step tests 150 $PY -m pytest $TESTS -q -x -p no:cacheprovider
-step bench 150 $PY -m pytest bench --benchmark-only -q -p no:cacheprovider $BENCH
+step build 120 $PY -m pip install -q -e . --no-build-isolation --no-deps
+step tests 180 $PY -m pytest $TESTS -q -x -p no:cacheprovider
+step bench 120 $PY -m pytest bench --benchmark-only -q -p no:cacheprovider $BENCH
 run=$(mktemp -d)
-step distill 90 $PY -m udd_fast distill --dataset fashion-mnist --ipc 1 --preset paper $DISTILL \
+step distill 120 $PY -m udd_fast distill --dataset fashion-mnist --ipc 1 --preset paper $DISTILL \
     --out "$run" --evaluate --baseline --quiet
 
 cp "$run/metrics.json" "$run/grid.png" "$OUT/" 2>/dev/null
