@@ -292,7 +292,7 @@ class Distiller:
             with torch.no_grad():
                 syn.clamp_(0, 1)
             if self.out_dir and cfg.checkpoint_every and (outer + 1) % cfg.checkpoint_every == 0:
-                self.checkpoint(syn, opt, outer + 1)
+                self.save_checkpoint(syn, opt, outer + 1)
         bar.close()
         self.wall_time = time.time() - start
         self.peak_memory = peak_memory(self.device)
@@ -304,7 +304,7 @@ class Distiller:
         return result
 
     # --- checkpoints ----------------------------------------------------------------------------------
-    def checkpoint(self, syn: torch.Tensor, opt, outer: int) -> None:
+    def save_checkpoint(self, syn: torch.Tensor, opt, outer: int) -> None:
         """Everything the rest of the run depends on after ``outer`` outer iterations (a fresh network and
         CFC bank follow, so neither is saved). Every process joins in; rank 0 writes."""
         momentum = opt.state[syn].get("momentum_buffer")
