@@ -67,7 +67,7 @@ def cmd_distill(args) -> dict:
     if syn.factor > 1:
         syn.grid_png(out / "grid_decoded.png", decoded=True)
     metrics = {"dataset": args.dataset, "ipc": args.ipc, "preset": args.preset, "form": syn.form(),
-               "distill_wall_s": distiller.wall_time, "processes": distiller.world, **distiller.peak_memory,
+               "distill_wall_s": distiller.wall_time, "processes": distiller.world, **distiller.memory,
                "config": json.loads(cfg.to_json())}
     print(f"distilled {len(syn.labels)} images in {distiller.wall_time:.0f} s -> {out / 'synset.safetensors'}")
     if args.evaluate:

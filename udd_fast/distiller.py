@@ -295,7 +295,7 @@ class Distiller:
                 self.save_checkpoint(syn, opt, outer + 1)
         bar.close()
         self.wall_time = time.time() - start
-        self.peak_memory = peak_memory(self.device)
+        self.memory = peak_memory(self.device)
         result = self.synthetic_set(syn)
         if self.out_dir and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
