@@ -8,7 +8,7 @@ import torch
 from udd_fast import FolderData, RealData, herding_coreset, load_dataset, random_coreset
 from udd_fast.data import SUBSETS, resolve_classes
 from udd_fast.errors import UDDError
-from udd_fast.evaluate import _feature_extractor
+from udd_fast.evaluate import real_network
 
 # folder -> dominant channel; sorted folder order (blue, green, red) gives labels 0, 1, 2
 COLOURS = {"red": 0, "green": 1, "blue": 2}
@@ -131,7 +131,7 @@ def test_coresets_run_on_folder_data_and_match_in_memory(folder):
     flat = lambda z: z.flatten(1)  # noqa: E731
     hx, hy = herding_coreset(fd, 2, embed=flat)
     assert torch.equal(hx, herding_coreset(mem, 2, embed=flat)[0]) and hy.tolist() == y.tolist()
-    feats = _feature_extractor(fd, seed=0, steps=2)(fd.normalize(x))
+    feats = real_network(fd, seed=0, steps=2).embed(fd.normalize(x))
     assert feats.shape[0] == 6 and torch.isfinite(feats).all()
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m udd_fast distill | evaluate | baseline | show``."""
+"""Command line: ``python -m udd_fast distill | evaluate | baseline | reproduce | show``."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,7 @@ from udd_fast.config import CPU_QUICK_NOTES, PRESETS, preset
 from udd_fast.data import DATASETS, load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
-from udd_fast.evaluate import EvalProtocol, evaluate, evaluate_images, herding_coreset, random_coreset
+from udd_fast.evaluate import EvalProtocol, evaluate, evaluate_images, herding_coreset, random_baseline
 from udd_fast.models import MODELS
 from udd_fast.regions import POLICIES
 from udd_fast.synset import SyntheticSet
@@ -76,20 +76,10 @@ def cmd_distill(args) -> dict:
         metrics["udd"] = evaluate(syn, test, proto, device=args.device, progress=not args.quiet)
         print(f"distilled set ({syn.form()}): {_fmt(metrics['udd'])}")
         if args.baseline:
-            metrics["random"] = _random(train, test, args.ipc, proto, args)
+            metrics["random"] = random_baseline(train, test, args.ipc, proto, args.device)
             print(f"Random real, ipc {args.ipc}: {_fmt(metrics['random'])}")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
-
-
-def _random(train, test, ipc, proto, args) -> dict:
-    """Random real images, averaged over ``proto.repeats`` selections (one network each)."""
-    runs = [evaluate_images(*random_coreset(train, ipc, seed), test, EvalProtocol(**{**proto.__dict__, "repeats": 1}),
-                            args.device, seed, progress=False) for seed in range(proto.repeats)]
-    accs = torch.tensor([r["mean"] for r in runs])
-    return {"mean": accs.mean().item(), "std": accs.std(unbiased=False).item(), "accs": accs.tolist(),
-            "train_images": runs[0]["train_images"], "mue": sum(r["mue"] for r in runs) / len(runs),
-            "selections": len(runs), "protocol": runs[0]["protocol"]}
 
 
 def cmd_evaluate(args) -> dict:
@@ -109,7 +99,7 @@ def cmd_baseline(args) -> dict:
     train.check_ipc(args.ipc)
     proto = _protocol(args)
     if args.method == "random":
-        result = _random(train, test, args.ipc, proto, args)
+        result = random_baseline(train, test, args.ipc, proto, args.device)
     else:
         result = evaluate_images(*herding_coreset(train, args.ipc), test, proto, args.device, progress=not args.quiet)
     print(f"{args.method}, ipc {args.ipc}: {_fmt(result)}")
@@ -123,6 +113,20 @@ def cmd_show(args) -> None:
     out = args.out or str(Path(args.path).with_suffix(".png"))
     syn.grid_png(out, args.scale, args.decoded)
     print(f"{syn.dataset}: {len(syn.labels)} images ({syn.form()}) -> {out}")
+
+
+def cmd_reproduce(args) -> dict:
+    from udd_fast.reproduce import STUDIES, Harness
+
+    keys = list(dict.fromkeys(args.rows or [k for study in args.study for k in STUDIES[study]]))
+    overrides = {k: v for k, v in {"outer": args.outer, "inner": args.inner, "width": args.width}.items()
+                 if v is not None}
+    evaluation = {k: v for k, v in {"epochs": args.epochs, "repeats": args.repeats}.items() if v is not None}
+    harness = Harness(args.dataset, args.protocol, args.work, args.table, args.device, overrides, evaluation,
+                      args.data_root, progress=not args.quiet)
+    table = harness.run(args.ipc, keys)
+    print(f"table: {table.md} (+ .json)")
+    return table.data
 
 
 def parser() -> argparse.ArgumentParser:
@@ -187,6 +191,26 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json")
     protocol(b)
     b.set_defaults(func=cmd_baseline)
+
+    r = sub.add_parser("reproduce", help="distil and evaluate the paper's comparisons into a resumable table")
+    r.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    r.add_argument("--data-root", default=None)
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    r.add_argument("--protocol", choices=["cpu-quick", "paper"], default="cpu-quick")
+    r.add_argument("--study", nargs="+", choices=["main", "forms", "windows", "cross-arch"], default=["main"],
+                   help="main: Table 1 rows and ablations; forms: S alone / expanded / multi-formation; "
+                        "windows: Table 5; cross-arch: Table 6")
+    r.add_argument("--rows", nargs="+", help="run only these row keys (see udd_fast/reproduce.py)")
+    r.add_argument("--work", default="runs/reproduce", help="synthetic sets and checkpoints go here")
+    r.add_argument("--table", help="the table's path without suffix (default: WORK/<dataset>-<protocol>/table)")
+    r.add_argument("--outer", type=int, help="override the protocol's outer iterations")
+    r.add_argument("--inner", type=int, help="override the protocol's inner steps")
+    r.add_argument("--width", type=int, help="override the distillation network's width")
+    r.add_argument("--epochs", type=int, help="override the evaluation epochs")
+    r.add_argument("--repeats", type=int, help="override the evaluation repeats")
+    r.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("show", help="save a PNG grid of a synthetic set")
     s.add_argument("path")

@@ -259,7 +259,8 @@ class Distiller:
         # lr_img is in normalized units; S lives in pixel space, where the same step is lr * std^2
         std2 = sum(s * s for s in self.data.std) / len(self.data.std)
         opt = torch.optim.SGD([syn], lr=cfg.lr_img * std2, momentum=cfg.mom_img)
-        milestones = [int(f * cfg.outer) for f in cfg.lr_decay]
+        # a milestone at 0 would halve lr_img before the first step (it happens when outer is 1)
+        milestones = [m for m in (int(f * cfg.outer) for f in cfg.lr_decay) if m > 0]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.5)
         first = self.restore(state, opt, sched, syn) if state else 0
         step = first * cfg.inner

@@ -3,7 +3,7 @@ the Random and Herding coreset baselines at the same IPC."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -90,13 +90,27 @@ def random_coreset(data: RealData | FolderData, ipc: int, seed: int = 0) -> tupl
     return x, torch.arange(data.num_classes).repeat_interleave(ipc)
 
 
+def random_baseline(train: RealData | FolderData, test: RealData, ipc: int, proto: EvalProtocol = EvalProtocol(),
+                    device="cpu") -> dict:
+    """Random real images scored like :func:`evaluate_images`, over ``proto.repeats`` selections (one network
+    each), so the spread includes the luck of the draw."""
+    one = replace(proto, repeats=1)
+    runs = [evaluate_images(*random_coreset(train, ipc, seed), test, one, device, seed, progress=False)
+            for seed in range(proto.repeats)]
+    accs = torch.tensor([r["mean"] for r in runs])
+    return {"mean": accs.mean().item(), "std": accs.std(unbiased=False).item() if len(runs) > 1 else 0.0,
+            "accs": accs.tolist(), "train_images": runs[0]["train_images"],
+            "mue": sum(r["mue"] for r in runs) / len(runs), "wall_s": sum(r["wall_s"] for r in runs),
+            "selections": len(runs), "protocol": asdict(proto)}
+
+
 def herding_coreset(data: RealData | FolderData, ipc: int, embed=None, max_per_class: int = 1000, seed: int = 0):
     """Herding (Welling 2009): per class, greedily pick images whose running mean embedding tracks the
     class mean. ``embed`` maps normalized images to features (default: a ConvNet briefly trained on
     ``data``); at most ``max_per_class`` candidates per class, held in memory one class at a time (lower
     it for large images streamed from a :class:`FolderData`)."""
     if embed is None:
-        embed = _feature_extractor(data, seed)
+        embed = real_network(data, seed).embed
     g = torch.Generator().manual_seed(seed)
     xs = []
     with torch.no_grad():
@@ -114,9 +128,11 @@ def herding_coreset(data: RealData | FolderData, ipc: int, embed=None, max_per_c
     return torch.cat(xs), torch.arange(data.num_classes).repeat_interleave(ipc)
 
 
-def _feature_extractor(data: RealData | FolderData, seed: int, steps: int = 150):
+def real_network(data: RealData | FolderData, seed: int = 0, steps: int = 150, width: int = 64):
+    """A ConvNet-3 briefly trained on real batches (eval mode): herding's features, and the network under
+    which the figures show where windows are underutilized."""
     torch.manual_seed(seed)
-    net = build_model("convnet", data.channels, data.num_classes, data.size, 64).to(data.device)
+    net = build_model("convnet", data.channels, data.num_classes, data.size, width).to(data.device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for _ in range(steps):
         x, y = data.random_batch(128)
@@ -124,5 +140,4 @@ def _feature_extractor(data: RealData | FolderData, seed: int, steps: int = 150)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    net.eval()
-    return net.embed
+    return net.eval()

@@ -1,0 +1,93 @@
+"""The experiment harness: the paper protocol end to end at toy size, resuming, refusing other settings."""
+import json
+
+import pytest
+
+from udd_fast import reproduce
+from udd_fast.cli import main
+from udd_fast.data import load_dataset
+from udd_fast.errors import UDDError
+from udd_fast.reproduce import ROW, STUDIES, Harness, render
+
+TINY = {"outer": 1, "inner": 2, "width": 8}
+TINY_EVAL = {"epochs": 1, "repeats": 2, "width": 8}
+QUICK = {**TINY, "init": "real"}  # herding trains a network first: not needed to test resuming
+
+
+@pytest.fixture(autouse=True)
+def small_splits(monkeypatch):
+    """2000 training and 500 test images keep the harness's many trainings and evaluations quick."""
+    def load(name, train=True, root=None):
+        d = load_dataset(name, train, root, download=False)
+        n = 2000 if train else 500
+        return type(d)(d.images[:n], d.labels[:n], d.mean, d.std, d.name, d.flip, d.num_classes)
+    monkeypatch.setattr(reproduce, "load_dataset", load)
+
+
+def harness(tmp_path, protocol="paper", **kw):
+    return Harness("fashion-mnist", protocol, tmp_path / "work", tmp_path / "results" / "t", "cpu",
+                   kw.pop("overrides", TINY), kw.pop("eval_overrides", TINY_EVAL), progress=False, **kw)
+
+
+def test_paper_protocol_end_to_end(tmp_path):
+    """The paper protocol's loop (batched step, bf16, l1) runs every kind of row into a table and figures."""
+    table = harness(tmp_path).run([1], ["udd-f1-expanded", "idc-style", "udd@alexnet", "random"])
+    rows = table.data["rows"]
+    # a row evaluating another row's set puts that row on record first
+    assert list(rows) == [f"ipc1/{k}" for k in ["udd-f1", "udd-f1-expanded", "idc-style", "udd", "udd@alexnet",
+                                                 "random"]]
+    cfg = rows["ipc1/udd"]["config"]
+    assert (cfg["step"], cfg["precision"], cfg["metric"], cfg["outer"], cfg["inner"]) == ("batched", "bf16", "l1", 1, 2)
+    assert rows["ipc1/idc-style"]["config"]["regions"]["policy"] is None and not rows["ipc1/idc-style"]["config"]["cfc"]
+    # sizes are counted honestly: factor 1 set of 10 images expanded by 12 windows each
+    assert rows["ipc1/udd-f1"]["train_images"] == 10
+    assert rows["ipc1/udd-f1-expanded"]["train_images"] == 130
+    assert rows["ipc1/udd"]["train_images"] == 10 * cfg["factor"] ** 2
+    assert rows["ipc1/udd@alexnet"]["protocol"]["model"] == "alexnet"
+    assert rows["ipc1/udd"]["paper"] == 82.3 and rows["ipc1/random"]["paper"] == 51.4
+    for r in rows.values():
+        assert len(r["accs"]) == 2 and 0 < r["mue"] <= 1 and r["eval_wall_s"] > 0
+    md = table.md.read_text()
+    assert "82.3 (UDD)" in md and "| DC (paper only; not run here) |" in md and "93.5" in md
+    assert "the IDC-style ablation at this budget" in md and "### Cross-architecture, IPC=1" in md
+    assert json.loads(table.json.read_text()) == table.data
+    figs = [f["file"] for f in table.data["figures"]]
+    assert figs == ["t-acc-vs-mue.png", "t-grids-ipc1.png", "t-windows-ipc1.png"]
+    for f in figs:
+        assert (table.path.parent / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f in md
+
+
+def test_resumes_instead_of_recomputing(tmp_path, monkeypatch):
+    h = harness(tmp_path, "cpu-quick", overrides=QUICK, eval_overrides={**TINY_EVAL, "repeats": 1})
+    h.run([1], ["random", "init-only"])
+    first = h.table.data["rows"]["ipc1/random"]
+    monkeypatch.setattr(reproduce, "random_baseline", lambda *a, **k: pytest.fail("recomputed a finished row"))
+    again = harness(tmp_path, "cpu-quick", overrides=QUICK, eval_overrides={**TINY_EVAL, "repeats": 1})
+    again.run([1], ["random", "init-only"])
+    assert again.table.data["rows"]["ipc1/random"] == first
+    assert len(again.table.data["commands"]) == 2
+    # a set whose evaluation was interrupted is evaluated again without distilling it again
+    del again.table.data["rows"]["ipc1/init-only"]
+    monkeypatch.setattr(reproduce.Distiller, "run", lambda *a, **k: pytest.fail("distilled a saved set"))
+    assert again.result(1, ROW["init-only"])["train_images"] == 40
+    with pytest.raises(UDDError, match="other settings"):
+        harness(tmp_path, "cpu-quick", overrides=QUICK, eval_overrides={**TINY_EVAL, "repeats": 3})
+
+
+def test_studies_and_errors(tmp_path):
+    assert all(k in ROW for keys in STUDIES.values() for k in keys)
+    assert {ROW[k].changes["regions"]["p"] for k in STUDIES["windows"] if k != "udd"} == {3, 5}
+    with pytest.raises(UDDError, match="unknown rows"):
+        harness(tmp_path).run([1], ["nope"])
+    with pytest.raises(UDDError, match="unknown protocol"):
+        Harness("fashion-mnist", "gpu-fast", tmp_path)
+    assert main(["reproduce", "--rows", "nope", "--work", str(tmp_path), "--quiet"]) == 2
+
+
+def test_render_marks_a_loss_to_the_ablation():
+    row = {"ipc": 1, "label": "x", "train_images": 40, "mean": 70.0, "std": 0.5, "mue": 0.9, "eval_wall_s": 1.0,
+           "distill_wall_s": 2.0, "source": "udd", "paper": 82.3, "paper_method": "UDD"}
+    data = {"dataset": "fashion-mnist", "protocol": "cpu-quick", "commands": [], "figures": [],
+            "settings": {"overrides": {}, "evaluation": reproduce.asdict(reproduce.PROTOCOLS["cpu-quick"].evaluation)},
+            "rows": {"ipc1/udd": row, "ipc1/idc-style": {**row, "mean": 71.0, "source": "idc-style"}}}
+    assert "UDD does not beat the IDC-style ablation at this budget: -1.00 points" in render(data)

@@ -1,0 +1,349 @@
+"""The experiment harness: distil, evaluate and tabulate the paper's comparisons, resumably.
+
+A *table* is a JSON file (and the markdown rendered from it) holding one result per (IPC, row). Every row is
+written as soon as it is done, and a rerun skips the rows already there, so an interrupted table continues
+where it stopped; a distillation killed half-way continues from its last checkpoint. Rows that evaluate an
+existing set (the expanded form, other architectures) reuse that row's saved synthetic set.
+
+Studies (groups of rows; a row shared by two studies is run once):
+
+- ``main``: paper Table 1 and its ablations: UDD, UDD per policy, UDD without CFC, the IDC-style ablation
+  (no regions, no CFC), the initialisation alone, Herding and Random coresets, beside the paper's numbers.
+- ``forms``: what downstream networks train on (S alone, S expanded by its 12 windows, multi-formation).
+- ``windows``: paper Table 5, the candidate windows: N=4 of each size, N=8, N=12.
+- ``cross-arch``: paper Table 6, the UDD and IDC-style sets evaluated on ConvNet, ResNet18, VGG11, AlexNet.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from udd_fast import figures
+from udd_fast.config import CPU_QUICK_NOTES, UDDConfig, preset
+from udd_fast.data import load_dataset
+from udd_fast.distiller import Distiller
+from udd_fast.errors import UDDError
+from udd_fast.evaluate import EvalProtocol, evaluate, evaluate_images, herding_coreset, random_baseline, real_network
+from udd_fast.regions import candidate_windows, decode, select_windows
+from udd_fast.synset import SyntheticSet
+
+# Published accuracies (%) by method and IPC: UDD paper Table 1 (DC, IDC and UDD rows as reported there).
+PAPER = {"fashion-mnist": {"Random": {1: 51.4, 10: 73.8, 50: 82.5}, "DC": {1: 70.5, 10: 82.3, 50: 83.6},
+                           "IDC": {1: 81.0, 10: 86.0, 50: 86.2}, "UDD": {1: 82.3, 10: 86.6, 50: 86.8},
+                           "Full dataset": {1: 93.5, 10: 93.5, 50: 93.5}}}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every row of a table is distilled (a preset) and scored (an evaluation protocol)."""
+
+    preset: str
+    evaluation: EvalProtocol
+    notes: str
+
+
+PROTOCOLS = {
+    "cpu-quick": Protocol("cpu-quick", EvalProtocol(epochs=300, repeats=3),
+                          CPU_QUICK_NOTES + " Evaluation: 300 epochs, 3 networks (the paper's protocol: 1000 epochs)."),
+    "paper": Protocol("paper", EvalProtocol(epochs=1000, repeats=5),
+                      "The UDD paper where it speaks, IDC's public code where it is silent (see udd_fast/config.py); "
+                      "evaluation: ConvNet-3 width 128 with DSA, 1000 epochs, 5 networks. Meant for a GPU."),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a table: a distillation (``changes`` to the protocol's config), the evaluation of another
+    row's set (``source``, optionally ``expand``-ed or on ``model``), or a coreset baseline."""
+
+    key: str
+    label: str
+    kind: str = "distill"                 # distill | random | herding
+    changes: dict = field(default_factory=dict)
+    source: str | None = None
+    expand: bool = False
+    model: str | None = None
+    paper: str | None = None              # the published method this row stands for
+
+
+def _windows_row(groups: tuple[float, ...], label: str) -> Row:
+    # Table 5 varies N; P keeps UDD's ratio P/N = 8/12
+    return Row(f"udd-n{4 * len(groups)}-" + "-".join(f"{g:.2f}" for g in groups), label,
+               changes={"regions": {"groups": groups, "p": max(1, round(8 * len(groups) / 3))}})
+
+
+ROWS = [Row("udd", "UDD (activation policy, P=8, CFC)", paper="UDD"),
+        Row("udd-gradient", "UDD, gradient policy", changes={"regions": {"policy": "gradient"}}),
+        Row("udd-jitter", "UDD, jitter policy", changes={"regions": {"policy": "jitter"}}),
+        Row("udd-vote", "UDD, vote of the three policies", changes={"regions": {"policy": "vote"}}),
+        Row("udd-no-cfc", "UDD without CFC", changes={"cfc": False}),
+        Row("idc-style", "IDC-style ablation (no regions, no CFC)", changes={"regions": {"policy": None}, "cfc": False},
+            paper="IDC"),
+        Row("init-only", "initialisation alone (no distillation)", changes={"outer": 0}),
+        Row("herding", "Herding coreset", kind="herding"),
+        Row("random", "Random real images", kind="random", paper="Random"),
+        Row("udd-f1", "UDD, factor 1: S alone", changes={"factor": 1}),
+        Row("udd-f1-expanded", "UDD, factor 1: S expanded by its 12 windows", source="udd-f1", expand=True),
+        Row("idc-style-f1", "IDC-style, factor 1", changes={"factor": 1, "regions": {"policy": None}, "cfc": False}),
+        *[_windows_row((g,), f"UDD, N=4 windows of size {name}") for g, name in ((1 / 3, "1/3"), (1 / 2, "1/2"),
+                                                                                  (2 / 3, "2/3"))],
+        _windows_row((1 / 2, 2 / 3), "UDD, N=8 (sizes 1/2, 2/3)"),
+        *[Row(f"{src}@{arch}", f"{src} on {arch}", source=src, model=arch)
+          for src in ("udd", "idc-style") for arch in ("resnet18", "vgg11", "alexnet")]]
+ROW = {r.key: r for r in ROWS}
+WINDOW_ROWS = [r.key for r in ROWS if r.key.startswith(("udd-n4-", "udd-n8-"))]
+STUDIES = {
+    "main": ["udd", "udd-gradient", "udd-jitter", "udd-vote", "udd-no-cfc", "idc-style", "init-only", "herding",
+             "random"],
+    "forms": ["udd-f1", "udd-f1-expanded", "idc-style-f1", "udd", "idc-style", "init-only", "random"],
+    "windows": WINDOW_ROWS + ["udd"],
+    "cross-arch": ["udd", "idc-style"] + [r.key for r in ROWS if "@" in r.key],
+}
+CROSS_ARCH = ("convnet", "resnet18", "vgg11", "alexnet")
+
+
+class Table:
+    """A results table on disk: ``<path>.json`` (the record) and ``<path>.md`` (rendered from it)."""
+
+    def __init__(self, path: str | os.PathLike, dataset: str, protocol: str, settings: dict):
+        self.path = Path(path)
+        self.json, self.md = self.path.with_suffix(".json"), self.path.with_suffix(".md")
+        head = {"dataset": dataset, "protocol": protocol, "settings": settings}
+        if self.json.exists():
+            self.data = json.loads(self.json.read_text())
+            saved = {k: self.data.get(k) for k in head}
+            if saved != json.loads(json.dumps(head)):
+                raise UDDError(f"{self.json} holds a table made with other settings ({saved}); continue it with "
+                               "the same ones or choose another --table")
+        else:
+            self.data = {**head, "rows": {}, "commands": [], "figures": []}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data["rows"]
+
+    def __getitem__(self, key: str) -> dict:
+        return self.data["rows"][key]
+
+    def put(self, key: str, result: dict) -> None:
+        self.data["rows"][key] = result
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for target, text in ((self.json, json.dumps(self.data, indent=1)), (self.md, render(self.data))):
+            tmp = target.with_suffix(target.suffix + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, target)
+
+
+class Harness:
+    """Runs the rows of one dataset and protocol into a :class:`Table`; sets and checkpoints go to ``work``."""
+
+    def __init__(self, dataset: str, protocol: str = "cpu-quick", work: str | os.PathLike = "runs/reproduce",
+                 table: str | os.PathLike | None = None, device: str = "cpu", overrides: dict | None = None,
+                 eval_overrides: dict | None = None, data_root: str | None = None, progress: bool = True):
+        if protocol not in PROTOCOLS:
+            raise UDDError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        self.dataset, self.protocol, self.device, self.progress = dataset, PROTOCOLS[protocol], device, progress
+        self.overrides = overrides or {}
+        self.evaluation = replace(self.protocol.evaluation, **(eval_overrides or {}))
+        self.work = Path(work) / f"{dataset}-{protocol}"
+        settings = {"overrides": self.overrides, "evaluation": asdict(self.evaluation)}
+        self.table = Table(table or self.work / "table", dataset, protocol, settings)
+        self.train = load_dataset(dataset, True, data_root)
+        self.test = load_dataset(dataset, False, data_root)
+
+    def config(self, ipc: int, row: Row) -> UDDConfig:
+        cfg = preset(self.protocol.preset, self.dataset, ipc).replace(**self.overrides)
+        return cfg.replace(**row.changes).replace(checkpoint_every=1)
+
+    def run(self, ipcs, keys) -> Table:
+        """Every (IPC, row) not yet in the table, in order; then the figures."""
+        unknown = [k for k in keys if k not in ROW]
+        if unknown:
+            raise UDDError(f"unknown rows {unknown}; choose from {', '.join(ROW)}")
+        argv = ["python -m udd_fast", *sys.argv[1:]] if sys.argv[0].endswith("__main__.py") else sys.argv
+        command = {"command": " ".join(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
+        self.table.data["commands"].append(command)
+        self.table.save()
+        for ipc in ipcs:
+            for key in keys:
+                self.result(ipc, ROW[key])
+        self.table.data["figures"] = self.figures(sorted({r["ipc"] for r in self.table.data["rows"].values()}))
+        command["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.table.save()
+        return self.table
+
+    def figures(self, ipcs) -> list[dict]:
+        """PNGs beside the table: accuracy vs mUE of every row (paper Fig. 7); per IPC, the UDD and IDC-style
+        sets side by side (Fig. 11) and a few UDD images with their activation maps and chosen windows (Fig. 3)."""
+        stem, made = self.table.path, []
+
+        def add(suffix: str, caption: str, draw, *args) -> None:
+            path = stem.with_name(f"{stem.name}-{suffix}.png")
+            draw(*args, path)
+            made.append({"file": path.name, "caption": caption})
+
+        points = [{"label": k.split("/", 1)[1], "mue": r["mue"], "mean": r["mean"], "std": r["std"],
+                   "group": f"IPC={r['ipc']}"} for k, r in self.table.data["rows"].items() if "@" not in k]
+        if points:
+            add("acc-vs-mue", "Accuracy against mUE of every row's training images (paper Fig. 7).",
+                figures.accuracy_vs_mue, points)
+        udd, idc = ROW["udd"], ROW["idc-style"]
+        for ipc in ipcs:
+            if self.set_path(ipc, udd).exists() and self.set_path(ipc, idc).exists():
+                panels = []
+                for r in (udd, idc):
+                    syn = SyntheticSet.load(self.set_path(ipc, r))
+                    panels.append((r.label, syn.images, syn.labels))
+                add(f"grids-ipc{ipc}", f"IPC={ipc}: the stored synthetic images of UDD and of the IDC-style "
+                    "ablation, one row per class (paper Fig. 11).", figures.side_by_side, panels)
+            if self.set_path(ipc, udd).exists():
+                x, maps, boxes, policy = self.window_figure_inputs(ipc, udd)
+                add(f"windows-ipc{ipc}", f"IPC={ipc}: UDD images (decoded), the channel-mean |activation| of a "
+                    f"ConvNet trained briefly on real data, and the P windows the {policy} policy finds "
+                    "least utilized (the lowest in red; paper Fig. 3).", figures.window_maps, x, maps, boxes)
+        return made
+
+    def result(self, ipc: int, row: Row) -> dict:
+        """The row's result: from the table, or computed now (and recorded)."""
+        key = f"ipc{ipc}/{row.key}"
+        if key in self.table:
+            return self.table[key]
+        if self.progress:
+            print(f"[{key}] {row.label}", flush=True)
+        proto = self.evaluation
+        if row.model:
+            proto = replace(proto, model=row.model, width=None)
+        record = {"label": row.label, "ipc": ipc, "paper": PAPER.get(self.dataset, {}).get(row.paper, {}).get(ipc),
+                  "paper_method": row.paper}
+        if row.kind == "random":
+            scored = random_baseline(self.train, self.test, ipc, proto, self.device)
+        elif row.kind == "herding":
+            start = time.time()
+            x, y = herding_coreset(self.train, ipc)
+            scored = evaluate_images(x, y, self.test, proto, self.device, progress=self.progress)
+            record["selection_wall_s"] = time.time() - start - scored["wall_s"]
+        else:
+            source = ROW[row.source] if row.source else row
+            if source is not row:
+                self.result(ipc, source)  # the set's own row first, so its distillation is on record
+            syn, made = self.synthetic_set(ipc, source)
+            scored = evaluate(syn, self.test, proto, row.expand or None, self.device, progress=self.progress)
+            record.update(made, set=str(self.set_path(ipc, source)), form=syn.form() if not row.expand else
+                          replace(syn, expand=True).form(), source=source.key)
+        record.update(scored)
+        record["eval_wall_s"] = record.pop("wall_s")
+        self.table.put(key, record)
+        if self.progress:
+            print(f"[{key}] {record['mean']:.2f} ± {record['std']:.2f} % on {record['train_images']} images",
+                  flush=True)
+        return record
+
+    def set_path(self, ipc: int, row: Row) -> Path:
+        return self.work / f"ipc{ipc}" / row.key / "synset.safetensors"
+
+    def synthetic_set(self, ipc: int, row: Row) -> tuple[SyntheticSet, dict]:
+        """The row's distilled set, distilling it (or continuing its checkpoint) unless it is saved."""
+        path = self.set_path(ipc, row)
+        made = path.parent / "made.json"
+        if path.exists() and made.exists():
+            return SyntheticSet.load(path), json.loads(made.read_text())
+        cfg = self.config(ipc, row)
+        distiller = Distiller(self.train, cfg, self.device, path.parent)
+        resume = (path.parent / "checkpoint.pt").exists() or (path.parent / "checkpoint.prev.pt").exists()
+        start = time.time()
+        syn = distiller.run(progress=self.progress, resume=resume)
+        # the initialisation (herding trains a network) is part of the cost of a row
+        info = {"distill_wall_s": time.time() - start, "resumed": resume, "config": json.loads(cfg.to_json()),
+                **distiller.memory}
+        made.write_text(json.dumps(info))
+        return syn, info
+
+    def window_figure_inputs(self, ipc: int, row: Row, per_class: int = 1, classes: int = 4):
+        """For a few decoded images of ``row``'s set: the images, their activation maps and their chosen
+        windows under a ConvNet briefly trained on real data (what the policy sees early in an outer loop)."""
+        syn = SyntheticSet.load(self.set_path(ipc, row))
+        cfg = self.config(ipc, row)
+        x = decode(syn.images, syn.factor)
+        y = syn.labels.repeat_interleave(syn.factor ** 2)
+        pick = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(min(classes, int(y.max()) + 1))])
+        x, y = x[pick].to(self.device), y[pick].to(self.device)
+        net = real_network(self.train, cfg.seed, width=cfg.width or 64)
+        windows = candidate_windows(cfg.regions.groups).to(self.device)
+        policy = cfg.regions if cfg.regions.policy else replace(cfg.regions, policy="activation")
+        index = select_windows(net, x, y, windows, self.train.normalize, policy)
+        with torch.no_grad():
+            maps = net.feature_maps(self.train.normalize(x))[policy.layer].abs().mean(1)
+        return x.cpu(), maps.cpu(), windows[index].cpu(), policy.policy
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return f"{gpu or 'CPU'}; {len(os.sched_getaffinity(0))} CPU cores; torch {torch.__version__}; {platform.platform()}"
+
+
+def _cell(r: dict | None) -> str:
+    return "—" if r is None else f"{r['mean']:.2f} ± {r['std']:.2f}"
+
+
+def render(data: dict) -> str:
+    """The markdown of a table record."""
+    proto = PROTOCOLS[data["protocol"]]
+    ev = data["settings"]["evaluation"]
+    rows = data["rows"]
+    ipcs = sorted({r["ipc"] for r in rows.values()})
+    out = [f"# {data['dataset']}: the `{data['protocol']}` protocol", ""]
+    for c in data["commands"]:
+        out.append(f"- `{c['command']}` (started {c['started']}, finished {c.get('finished', 'not yet')}; "
+                   f"{c['machine']})")
+    out += ["", f"**Protocol.** {proto.notes}", ""]
+    if data["settings"]["overrides"]:
+        out += [f"**Overrides of the protocol:** `{json.dumps(data['settings']['overrides'])}`", ""]
+    out += [f"**Evaluation.** {ev['model']} (width {ev['width'] or 'standard'}), {ev['epochs']} epochs, SGD lr {ev['lr']}"
+            f" (x0.1 at half), momentum {ev['momentum']}, weight decay {ev['weight_decay']}, batch {ev['batch']}, DSA "
+            f"`{ev['dsa']}`; the whole test split; mean ± std over {ev['repeats']} networks (Random: that many "
+            "selections, one network each). mUE: mean utilization entropy of the training images under the "
+            "evaluation networks (udd_fast/metrics.py). Wall times: seconds on the machine above.", ""]
+    total = sum(r.get("distill_wall_s", 0) + r["eval_wall_s"] + r.get("selection_wall_s", 0) for r in rows.values())
+    out += [f"Total wall time of the rows: {total / 60:.1f} minutes.", ""]
+    for ipc in ipcs:
+        mine = {k.split("/", 1)[1]: r for k, r in rows.items() if r["ipc"] == ipc}
+        out += [f"## IPC={ipc}", "", "| set | training images | accuracy % | mUE | distillation s | evaluation s | paper % |",
+                "|---|---|---|---|---|---|---|"]
+        for key, r in mine.items():
+            if "@" in key:
+                continue
+            distill = f"{r['distill_wall_s']:.0f}" if "distill_wall_s" in r and r.get("source") == key else (
+                f"(set of `{r['source']}`)" if r.get("source") not in (None, key) else "—")
+            paper = f"{r['paper']} ({r['paper_method']})" if r.get("paper") is not None else ""
+            out.append(f"| {r['label']} | {r['train_images']} | **{_cell(r)}** | {r['mue']:.3f} | {distill} | "
+                       f"{r['eval_wall_s']:.0f} | {paper} |")
+        for method in ("DC", "Full dataset"):
+            value = PAPER.get(data["dataset"], {}).get(method, {}).get(ipc)
+            if value is not None:
+                out.append(f"| {method} (paper only; not run here) | | | | | | {value} |")
+        out += [""]
+        if "udd" in mine and "idc-style" in mine:
+            gap = mine["udd"]["mean"] - mine["idc-style"]["mean"]
+            verdict = "beats" if gap > 0 else "does not beat"
+            out += [f"UDD {verdict} the IDC-style ablation at this budget: {gap:+.2f} points (means; "
+                    f"std {mine['udd']['std']:.2f} and {mine['idc-style']['std']:.2f}).", ""]
+        arch = {k: r for k, r in mine.items() if "@" in k}
+        if arch:
+            out += [f"### Cross-architecture, IPC={ipc}", "", "| set | " + " | ".join(CROSS_ARCH) + " |",
+                    "|---|" + "---|" * len(CROSS_ARCH)]
+            for src in sorted({k.split("@")[0] for k in arch}):
+                cells = [_cell(mine.get(src if a == "convnet" else f"{src}@{a}")) for a in CROSS_ARCH]
+                out.append(f"| {src} | " + " | ".join(cells) + " |")
+            out += [""]
+    for fig in data.get("figures", []):
+        out += [f"![{fig['caption']}]({fig['file']})", "", f"*{fig['caption']}*", ""]
+    return "\n".join(out)
