@@ -18,7 +18,7 @@ def tiny_data(classes=3, per_class=8, size=12, seed=0):
 def fixed_net_config(**kw):
     """The network is never trained and the real batch is the whole class, undistorted: the matching
     objective is then the same function of S at every step, so its value must fall."""
-    base = dict(ipc=1, width=8, outer=1, inner=25, metric="mse", lr_img=30.0, dsa="none", net_batches=0,
+    base = dict(ipc=1, width=8, outer=1, inner=25, metric="mse", lr_img=3.75, dsa="none", net_batches=0,
                 batch_real=8, cfc=False, regions=RegionConfig(policy="activation", p=4))
     base.update(kw)
     return UDDConfig(**base)
@@ -43,6 +43,30 @@ def test_full_loop_with_cfc_factor_and_checkpoint(tmp_path):
     assert loaded.factor == 2 and loaded.training_set()[0].shape == (12, 1, 12, 12)
     assert UDDConfig.from_json(json.dumps(loaded.config)) == cfg
     assert torch.equal(loaded.images, syn.images)
+
+
+def test_cpu_quick_scales_steps_with_ipc():
+    steps = {ipc: (preset("cpu-quick", "fashion-mnist", ipc).outer, preset("cpu-quick", "fashion-mnist", ipc).inner)
+             for ipc in (1, 10, 50)}
+    assert steps == {1: (4, 30), 10: (2, 6), 50: (2, 6)}
+    assert (preset("paper", "fashion-mnist", 10).outer, preset("paper", "fashion-mnist", 10).inner) == (2000, 100)
+
+
+@pytest.mark.parametrize("outer, at, halvings", [(1, 0, 0), (2, 1, 3), (10, 5, 0), (10, 6, 1), (10, 8, 2), (10, 9, 3)])
+def test_lr_img_halves_at_60_80_90_percent_only(outer, at, halvings, monkeypatch):
+    """lr_img is halved at the milestones passed, never before the first step (one outer iteration)."""
+    made = []
+    sgd = torch.optim.SGD
+    monkeypatch.setattr(torch.optim, "SGD", lambda *a, **k: made.append(sgd(*a, **k)) or made[-1])
+    data = tiny_data()
+    cfg = fixed_net_config(outer=outer, inner=1, lr_img=1.0)
+    lrs = []
+    monkeypatch.setattr(Distiller, "inner_step", lambda self, net, syn, bank, step: (
+        lrs.append(made[0].param_groups[0]["lr"]), (torch.zeros(self.k), bank))[1])
+    Distiller(data, cfg).run(progress=False)
+    std2 = sum(s * s for s in data.std) / len(data.std)
+    assert lrs[0] == pytest.approx(std2)
+    assert lrs[at] == pytest.approx(std2 * 0.5 ** halvings)
 
 
 def test_same_seed_same_result():

@@ -183,3 +183,13 @@ def test_heat_ramp_endpoints():
 def test_window_maps_errors(tmp_path, images, maps, boxes, captions):
     with pytest.raises(UDDError):
         figures.window_maps(images, maps, boxes, tmp_path / "bad.png", captions=captions)
+
+
+def test_side_by_side_makes_room_for_long_captions(tmp_path):
+    """Two one-image panels with long captions: the captions do not overlap, each panel takes its caption's width."""
+    caption = "a caption much wider than one image"
+    panels = [(caption, torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.long))] * 2
+    figures.side_by_side(panels, tmp_path / "long.png", scale=1)
+    text = figures._font(14).getlength(caption)
+    width = Image.open(tmp_path / "long.png").size[0]
+    assert width >= 2 * text + 3 * figures.GAP

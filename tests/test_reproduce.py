@@ -42,13 +42,15 @@ def test_paper_protocol_end_to_end(tmp_path):
     # sizes are counted honestly: factor 1 set of 10 images expanded by 12 windows each
     assert rows["ipc1/udd-f1"]["train_images"] == 10
     assert rows["ipc1/udd-f1-expanded"]["train_images"] == 130
+    assert "distill_wall_s" not in rows["ipc1/udd-f1-expanded"] and rows["ipc1/udd-f1"]["distill_wall_s"] > 0
     assert rows["ipc1/udd"]["train_images"] == 10 * cfg["factor"] ** 2
     assert rows["ipc1/udd@alexnet"]["protocol"]["model"] == "alexnet"
     assert rows["ipc1/udd"]["paper"] == 82.3 and rows["ipc1/random"]["paper"] == 51.4
     for r in rows.values():
         assert len(r["accs"]) == 2 and 0 < r["mue"] <= 1 and r["eval_wall_s"] > 0
     md = table.md.read_text()
-    assert "82.3 (UDD)" in md and "| DC (paper only; not run here) |" in md and "93.5" in md
+    assert "(set of `udd-f1`)" in md and "82.3 (UDD)" in md
+    assert "| DC (paper only; not run here) |" in md and "93.5" in md
     assert "the IDC-style ablation at this budget" in md and "### Cross-architecture, IPC=1" in md
     assert json.loads(table.json.read_text()) == table.data
     figs = [f["file"] for f in table.data["figures"]]
@@ -76,6 +78,10 @@ def test_resumes_instead_of_recomputing(tmp_path, monkeypatch):
 
 def test_studies_and_errors(tmp_path):
     assert all(k in ROW for keys in STUDIES.values() for k in keys)
+    quick = reproduce.PROTOCOLS["cpu-quick"]
+    assert (quick.evaluation_at(1).epochs, quick.evaluation_at(1).repeats) == (300, 3)
+    assert (quick.evaluation_at(10).epochs, quick.evaluation_at(10).repeats) == (100, 2)
+    assert harness(tmp_path, "cpu-quick").evaluation_at(10).epochs == 1  # overrides come last
     assert {ROW[k].changes["regions"]["p"] for k in STUDIES["windows"] if k != "udd"} == {3, 5}
     with pytest.raises(UDDError, match="unknown rows"):
         harness(tmp_path).run([1], ["nope"])
@@ -88,6 +94,9 @@ def test_render_marks_a_loss_to_the_ablation():
     row = {"ipc": 1, "label": "x", "train_images": 40, "mean": 70.0, "std": 0.5, "mue": 0.9, "eval_wall_s": 1.0,
            "distill_wall_s": 2.0, "source": "udd", "paper": 82.3, "paper_method": "UDD"}
     data = {"dataset": "fashion-mnist", "protocol": "cpu-quick", "commands": [], "figures": [],
-            "settings": {"overrides": {}, "evaluation": reproduce.asdict(reproduce.PROTOCOLS["cpu-quick"].evaluation)},
+            "settings": {"overrides": {}, "evaluation": reproduce.asdict(reproduce.PROTOCOLS["cpu-quick"].evaluation),
+                         "larger": [10, {"epochs": 100}]},
             "rows": {"ipc1/udd": row, "ipc1/idc-style": {**row, "mean": 71.0, "source": "idc-style"}}}
-    assert "UDD does not beat the IDC-style ablation at this budget: -1.00 points" in render(data)
+    md = render(data)
+    assert "UDD does not beat the IDC-style ablation at this budget: -1.00 points" in md
+    assert 'From IPC=10 on, the evaluation changes: `{"epochs": 100}`' in md

@@ -3,8 +3,8 @@
 ``paper`` follows the UDD paper where it speaks (N=12, M=2, P=8, tau=0.7, alpha=0.5, lr_img 0.005 halved at
 60/80/90 %) and IDC's public code where it is silent (2000 x 100 iterations, real batch 64, l1 matching for the
 grayscale sets and mse otherwise, the network trained on about 500 real images per inner step). ``cpu-quick``
-fits a Fashion-MNIST distillation into about six minutes of two CPU cores (IPC=1 or 10); :data:`CPU_QUICK_NOTES` lists how
-it differs from ``paper``.
+fits a Fashion-MNIST distillation into about six minutes of two CPU cores (IPC=1 or 10);
+:data:`CPU_QUICK_NOTES` lists how it differs from ``paper``.
 """
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ class UDDConfig:
 
 CPU_QUICK_NOTES = (
     "cpu-quick differs from paper in: 4 x 30 iterations at IPC=1 instead of 2000 x 100, and 2 x max(6, 60 / IPC) "
-    "above (one step costs about IPC times more; lr_img still halved at 60/80/90 %); a width-64 ConvNet-3 for distillation (evaluation stays width 128); 2 real mini-batches of "
-    "128 per network update instead of about 4; multi-formation factor 2 (each stored image holds 4 "
+    "above (one step costs about IPC times more; lr_img still halved at 60/80/90 %); a width-64 ConvNet-3 for "
+    "distillation (evaluation stays width 128); 2 real mini-batches of 128 per network update instead of about 4; multi-formation factor 2 (each stored image holds 4 "
     "sub-images, decoded for training: 4 training images per stored image at the same pixel budget); "
     "herding-selected real images as the initialisation instead of random ones."
 )

@@ -137,8 +137,8 @@ def side_by_side(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: str
 
     A panel with K classes and at most M images per class is ``M*(W*scale+2)+2`` wide and
     ``K*(H*scale+2)+2`` high. The PNG is ``10 + sum(panel width + 10)`` wide and
-    ``24 + max(panel height) + 10`` high: a 24 px caption band on top, 10 px white around panels.
-    Captions wider than their panel are not wrapped.
+    ``24 + max(panel height) + 10`` high: a 24 px caption band on top, 10 px white around panels; a panel
+    narrower than its caption is given the caption's width.
     """
     if not panels:
         raise UDDError("side_by_side needs at least one panel")
@@ -151,13 +151,16 @@ def side_by_side(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: str
             raise UDDError(f"panel {caption!r}: {images.shape[0]} images but labels of shape "
                            f"{tuple(labels.shape)}; give one label per image, at least one image")
         grids.append(_class_grid(images, labels.cpu(), scale))
-    width = GAP + sum(g.width + GAP for g in grids)
+    font = _font(14)
+    # a panel narrower than its caption (one image per class) gets the caption's width
+    slots = [max(g.width, math.ceil(font.getlength(caption))) for (caption, _, _), g in zip(panels, grids)]
+    width = GAP + sum(w + GAP for w in slots)
     img = Image.new("RGB", (width, CAPTION_H + max(g.height for g in grids) + GAP), "white")
-    draw, font, x = ImageDraw.Draw(img), _font(14), GAP
-    for (caption, _, _), g in zip(panels, grids):
+    draw, x = ImageDraw.Draw(img), GAP
+    for (caption, _, _), g, w in zip(panels, grids, slots):
         draw.text((x, CAPTION_H // 2), caption, fill="black", font=font, anchor="lm")
         img.paste(g, (x, CAPTION_H))
-        x += g.width + GAP
+        x += w + GAP
     img.save(path, format="PNG")
 
 

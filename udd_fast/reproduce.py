@@ -47,11 +47,18 @@ class Protocol:
     preset: str
     evaluation: EvalProtocol
     notes: str
+    larger: tuple[int, dict] | None = None    # from this IPC on, these changes to the evaluation
+
+    def evaluation_at(self, ipc: int) -> EvalProtocol:
+        return replace(self.evaluation, **self.larger[1]) if self.larger and ipc >= self.larger[0] else self.evaluation
 
 
 PROTOCOLS = {
+    # evaluation costs ~6 ms per training image per epoch on 2 CPU cores: at IPC=10 (400 decoded images) the
+    # IPC=1 protocol would take 35 minutes per row
     "cpu-quick": Protocol("cpu-quick", EvalProtocol(epochs=300, repeats=3),
-                          CPU_QUICK_NOTES + " Evaluation: 300 epochs, 3 networks (the paper's protocol: 1000 epochs)."),
+                          CPU_QUICK_NOTES + " Evaluation: 300 epochs, 3 networks at IPC=1; 100 epochs, 2 networks "
+                          "from IPC=10 on (the paper's protocol: 1000 epochs).", (10, {"epochs": 100, "repeats": 2})),
     "paper": Protocol("paper", EvalProtocol(epochs=1000, repeats=5),
                       "The UDD paper where it speaks, IDC's public code where it is silent (see udd_fast/config.py); "
                       "evaluation: ConvNet-3 width 128 with DSA, 1000 epochs, 5 networks. Meant for a GPU."),
@@ -153,12 +160,17 @@ class Harness:
             raise UDDError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         self.dataset, self.protocol, self.device, self.progress = dataset, PROTOCOLS[protocol], device, progress
         self.overrides = overrides or {}
-        self.evaluation = replace(self.protocol.evaluation, **(eval_overrides or {}))
+        self.eval_overrides = eval_overrides or {}
         self.work = Path(work) / f"{dataset}-{protocol}"
-        settings = {"overrides": self.overrides, "evaluation": asdict(self.evaluation)}
+        settings = {"overrides": self.overrides, "evaluation": asdict(self.evaluation_at(1)),
+                    "larger": self.protocol.larger}
         self.table = Table(table or self.work / "table", dataset, protocol, settings)
         self.train = load_dataset(dataset, True, data_root)
         self.test = load_dataset(dataset, False, data_root)
+
+    def evaluation_at(self, ipc: int) -> EvalProtocol:
+        """The protocol's evaluation at ``ipc``, with the overrides."""
+        return replace(self.protocol.evaluation_at(ipc), **self.eval_overrides)
 
     def config(self, ipc: int, row: Row) -> UDDConfig:
         cfg = preset(self.protocol.preset, self.dataset, ipc).replace(**self.overrides)
@@ -186,16 +198,16 @@ class Harness:
         sets side by side (Fig. 11) and a few UDD images with their activation maps and chosen windows (Fig. 3)."""
         stem, made = self.table.path, []
 
-        def add(suffix: str, caption: str, draw, *args) -> None:
+        def add(suffix: str, caption: str, draw, *args, **kw) -> None:
             path = stem.with_name(f"{stem.name}-{suffix}.png")
-            draw(*args, path)
+            draw(*args, path, **kw)
             made.append({"file": path.name, "caption": caption})
 
         points = [{"label": k.split("/", 1)[1], "mue": r["mue"], "mean": r["mean"], "std": r["std"],
                    "group": f"IPC={r['ipc']}"} for k, r in self.table.data["rows"].items() if "@" not in k]
         if points:
             add("acc-vs-mue", "Accuracy against mUE of every row's training images (paper Fig. 7).",
-                figures.accuracy_vs_mue, points)
+                figures.accuracy_vs_mue, points, title=f"{self.dataset}, {self.table.data['protocol']} protocol")
         udd, idc = ROW["udd"], ROW["idc-style"]
         for ipc in ipcs:
             if self.set_path(ipc, udd).exists() and self.set_path(ipc, idc).exists():
@@ -206,10 +218,11 @@ class Harness:
                 add(f"grids-ipc{ipc}", f"IPC={ipc}: the stored synthetic images of UDD and of the IDC-style "
                     "ablation, one row per class (paper Fig. 11).", figures.side_by_side, panels)
             if self.set_path(ipc, udd).exists():
-                x, maps, boxes, policy = self.window_figure_inputs(ipc, udd)
+                x, maps, boxes, policy, captions = self.window_figure_inputs(ipc, udd)
                 add(f"windows-ipc{ipc}", f"IPC={ipc}: UDD images (decoded), the channel-mean |activation| of a "
                     f"ConvNet trained briefly on real data, and the P windows the {policy} policy finds "
-                    "least utilized (the lowest in red; paper Fig. 3).", figures.window_maps, x, maps, boxes)
+                    "least utilized (the lowest in red; paper Fig. 3).", figures.window_maps, x, maps, boxes,
+                    captions=captions)
         return made
 
     def result(self, ipc: int, row: Row) -> dict:
@@ -219,7 +232,7 @@ class Harness:
             return self.table[key]
         if self.progress:
             print(f"[{key}] {row.label}", flush=True)
-        proto = self.evaluation
+        proto = self.evaluation_at(ipc)
         if row.model:
             proto = replace(proto, model=row.model, width=None)
         record = {"label": row.label, "ipc": ipc, "paper": PAPER.get(self.dataset, {}).get(row.paper, {}).get(ipc),
@@ -237,8 +250,10 @@ class Harness:
                 self.result(ipc, source)  # the set's own row first, so its distillation is on record
             syn, made = self.synthetic_set(ipc, source)
             scored = evaluate(syn, self.test, proto, row.expand or None, self.device, progress=self.progress)
-            record.update(made, set=str(self.set_path(ipc, source)), form=syn.form() if not row.expand else
-                          replace(syn, expand=True).form(), source=source.key)
+            if source is row:
+                record.update(made)
+            record.update(set=str(self.set_path(ipc, source)), source=source.key,
+                          form=(replace(syn, expand=True) if row.expand else syn).form())
         record.update(scored)
         record["eval_wall_s"] = record.pop("wall_s")
         self.table.put(key, record)
@@ -282,7 +297,7 @@ class Harness:
         index = select_windows(net, x, y, windows, self.train.normalize, policy)
         with torch.no_grad():
             maps = net.feature_maps(self.train.normalize(x))[policy.layer].abs().mean(1)
-        return x.cpu(), maps.cpu(), windows[index].cpu(), policy.policy
+        return x.cpu(), maps.cpu(), windows[index].cpu(), policy.policy, [f"class {int(c)}" for c in y]
 
 
 def machine() -> str:
@@ -302,27 +317,41 @@ def render(data: dict) -> str:
     ipcs = sorted({r["ipc"] for r in rows.values()})
     out = [f"# {data['dataset']}: the `{data['protocol']}` protocol", ""]
     for c in data["commands"]:
-        out.append(f"- `{c['command']}` (started {c['started']}, finished {c.get('finished', 'not yet')}; "
-                   f"{c['machine']})")
+        end = f"finished {c['finished']}" if "finished" in c else "interrupted or still running"
+        out.append(f"- `{c['command']}` (started {c['started']}, {end}; {c['machine']})")
     out += ["", f"**Protocol.** {proto.notes}", ""]
     if data["settings"]["overrides"]:
         out += [f"**Overrides of the protocol:** `{json.dumps(data['settings']['overrides'])}`", ""]
-    out += [f"**Evaluation.** {ev['model']} (width {ev['width'] or 'standard'}), {ev['epochs']} epochs, SGD lr {ev['lr']}"
-            f" (x0.1 at half), momentum {ev['momentum']}, weight decay {ev['weight_decay']}, batch {ev['batch']}, DSA "
-            f"`{ev['dsa']}`; the whole test split; mean ± std over {ev['repeats']} networks (Random: that many "
-            "selections, one network each). mUE: mean utilization entropy of the training images under the "
-            "evaluation networks (udd_fast/metrics.py). Wall times: seconds on the machine above.", ""]
-    total = sum(r.get("distill_wall_s", 0) + r["eval_wall_s"] + r.get("selection_wall_s", 0) for r in rows.values())
+    out += [f"**Evaluation.** {ev['model']} (width {ev['width'] or 'standard'}), {ev['epochs']} epochs, SGD lr "
+            f"{ev['lr']} (x0.1 at half), momentum {ev['momentum']}, weight decay {ev['weight_decay']}, batch "
+            f"{ev['batch']}, DSA `{ev['dsa']}`; the whole test split; mean ± std over {ev['repeats']} networks "
+            "(Random: that many selections, one network each). mUE: mean utilization entropy of the training "
+            "images under the evaluation networks (udd_fast/metrics.py). Wall times: seconds on the machine above.",
+            ""]
+    larger = data["settings"].get("larger")
+    if larger:
+        out += [f"From IPC={larger[0]} on, the evaluation changes: `{json.dumps(larger[1])}`.", ""]
+
+    def own(key: str, r: dict) -> bool:  # the row distilled its own set (not another row's)
+        return r.get("source") in (None, key.split("/", 1)[1])
+
+    total = sum(r["eval_wall_s"] + r.get("selection_wall_s", 0) + (r.get("distill_wall_s", 0) if own(k, r) else 0)
+                for k, r in rows.items())
     out += [f"Total wall time of the rows: {total / 60:.1f} minutes.", ""]
     for ipc in ipcs:
         mine = {k.split("/", 1)[1]: r for k, r in rows.items() if r["ipc"] == ipc}
-        out += [f"## IPC={ipc}", "", "| set | training images | accuracy % | mUE | distillation s | evaluation s | paper % |",
+        out += [f"## IPC={ipc}", "",
+                "| set | training images | accuracy % | mUE | distillation s | evaluation s | paper % |",
                 "|---|---|---|---|---|---|---|"]
         for key, r in mine.items():
             if "@" in key:
                 continue
-            distill = f"{r['distill_wall_s']:.0f}" if "distill_wall_s" in r and r.get("source") == key else (
-                f"(set of `{r['source']}`)" if r.get("source") not in (None, key) else "—")
+            if not own(f"ipc{ipc}/{key}", r):
+                distill = f"(set of `{r['source']}`)"
+            elif "selection_wall_s" in r:
+                distill = f"{r['selection_wall_s']:.0f} (selection)"
+            else:
+                distill = f"{r['distill_wall_s']:.0f}" if "distill_wall_s" in r else "—"
             paper = f"{r['paper']} ({r['paper_method']})" if r.get("paper") is not None else ""
             out.append(f"| {r['label']} | {r['train_images']} | **{_cell(r)}** | {r['mue']:.3f} | {distill} | "
                        f"{r['eval_wall_s']:.0f} | {paper} |")
@@ -330,7 +359,9 @@ def render(data: dict) -> str:
             value = PAPER.get(data["dataset"], {}).get(method, {}).get(ipc)
             if value is not None:
                 out.append(f"| {method} (paper only; not run here) | | | | | | {value} |")
-        out += [""]
+        missing = [k for k in STUDIES["main"] if k not in mine]
+        out += ["", f"Rows of the `main` study not run yet at this IPC: {', '.join(f'`{k}`' for k in missing)}.", ""] \
+            if missing else [""]
         if "udd" in mine and "idc-style" in mine:
             gap = mine["udd"]["mean"] - mine["idc-style"]["mean"]
             verdict = "beats" if gap > 0 else "does not beat"
