@@ -18,6 +18,7 @@ from udd_fast.errors import UDDError
 from udd_fast.evaluate import EvalProtocol, evaluate, evaluate_images, herding_coreset, random_baseline
 from udd_fast.models import MODELS
 from udd_fast.regions import POLICIES
+from udd_fast.reproduce import PROTOCOLS, STUDIES, Harness
 from udd_fast.synset import SyntheticSet
 
 DATASET_CHOICES = [*DATASETS, "imagefolder"]
@@ -116,8 +117,6 @@ def cmd_show(args) -> None:
 
 
 def cmd_reproduce(args) -> dict:
-    from udd_fast.reproduce import STUDIES, Harness
-
     keys = list(dict.fromkeys(args.rows or [k for study in args.study for k in STUDIES[study]]))
     overrides = {k: v for k, v in {"outer": args.outer, "inner": args.inner, "width": args.width}.items()
                  if v is not None}
@@ -198,8 +197,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    r.add_argument("--protocol", choices=["cpu-quick", "paper"], default="cpu-quick")
-    r.add_argument("--study", nargs="+", choices=["main", "forms", "windows", "cross-arch"], default=["main"],
+    r.add_argument("--protocol", choices=list(PROTOCOLS), default="cpu-quick")
+    r.add_argument("--study", nargs="+", choices=list(STUDIES), default=["main"],
                    help="main: Table 1 rows and ablations; forms: S alone / expanded / multi-formation; "
                         "windows: Table 5; cross-arch: Table 6")
     r.add_argument("--rows", nargs="+", help="run only these row keys (see udd_fast/reproduce.py)")
