@@ -198,6 +198,11 @@ class Harness:
         sets side by side (Fig. 11) and a few UDD images with their activation maps and chosen windows (Fig. 3)."""
         stem, made = self.table.path, []
 
+        def keep(suffix: str) -> None:  # drawn before from sets this machine lacks (a table resumed from a commit)
+            name = f"{stem.name}-{suffix}.png"
+            made.extend(f for f in self.table.data.get("figures", [])
+                        if f["file"] == name and stem.with_name(name).exists())
+
         def add(suffix: str, caption: str, draw, *args, **kw) -> None:
             path = stem.with_name(f"{stem.name}-{suffix}.png")
             draw(*args, path, **kw)
@@ -217,12 +222,16 @@ class Harness:
                     panels.append((r.label, syn.images, syn.labels))
                 add(f"grids-ipc{ipc}", f"IPC={ipc}: the stored synthetic images of UDD and of the IDC-style "
                     "ablation, one row per class (paper Fig. 11).", figures.side_by_side, panels)
+            else:
+                keep(f"grids-ipc{ipc}")
             if self.set_path(ipc, udd).exists():
                 x, maps, boxes, policy, captions = self.window_figure_inputs(ipc, udd)
                 add(f"windows-ipc{ipc}", f"IPC={ipc}: UDD images (decoded), the channel-mean |activation| of a "
                     f"ConvNet trained briefly on real data, and the P windows the {policy} policy finds "
                     "least utilized (the lowest in red; paper Fig. 3).", figures.window_maps, x, maps, boxes,
                     captions=captions)
+            else:
+                keep(f"windows-ipc{ipc}")
         return made
 
     def result(self, ipc: int, row: Row) -> dict:
