@@ -68,7 +68,7 @@ cp "$run/metrics.json" "$run/grid.png" "$OUT/" 2>/dev/null
     echo
     echo '```'
     sed -n '/ms per synthetic image/,/^$/p' "$OUT/bench.log"
-    grep -E "distilled|Random" "$OUT/distill.log"
+    grep -A4 -E "^distilled|^accuracy" "$OUT/distill.log"
     echo '```'
 } >>"$summary"
 cat "$summary"

@@ -19,6 +19,7 @@ def run_cli(*args):
     (["distill", "--dataset", "fashion-mnist", "--ipc", "7000", "--out", "{tmp}"], "ipc=7000"),
     (["distill", "--dataset", "fashion-mnist", "--ipc", "1", "--lowest-p", "13", "--out", "{tmp}"], "P=13"),
     (["evaluate", "{tmp}/missing.safetensors"], "no synthetic set"),
+    (["evaluate", "{tmp}/missing.safetensors", "--protocols", "fancy"], "invalid choice"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, needle):
     r = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
@@ -50,20 +51,34 @@ def test_distill_evaluate_show_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
                  "--repeats", "2", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["config"]["step"], metrics["config"]["precision"]) == ("batched", "bf16")
-    assert {"udd", "random", "form", "distill_wall_s", "config"} <= set(metrics)
-    assert metrics["udd"]["train_images"] == 4 * 4 and len(metrics["udd"]["accs"]) == 2  # factor 2: 4 tiles each
-    assert (out / "grid.png").exists() and (out / "synset.safetensors").exists()
+    assert {"evaluation", "moved_px", "form", "distill_wall_s", "config"} <= set(metrics)
+    assert set(metrics["evaluation"]) == {"plain", "dsa"}  # both protocols by default, each with the init beside
+    for name, scored in metrics["evaluation"].items():
+        assert {"set", "init", "random", "gain"} <= set(scored) and scored["set"]["protocol"]["name"] == name
+        assert scored["set"]["train_images"] == 4 * 4 and len(scored["set"]["accs"]) == 2  # factor 2: 4 tiles each
+        assert scored["init"]["train_images"] == 4 * 4 and scored["random"]["train_images"] == 4
+        assert scored["gain"] == pytest.approx(scored["set"]["mean"] - scored["init"]["mean"])
+    assert metrics["moved_px"] > 0
+    report = capsys.readouterr().out
+    assert "plain" in report and "dsa" in report and "gain" in report
+    assert (out / "grid.png").exists() and (out / "synset.safetensors").exists() and (out / "init.safetensors").exists()
     assert main(["evaluate", str(out / "synset.safetensors"), "--expand", "yes", "--epochs", "1", "--repeats", "1",
-                 "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
-    assert json.loads((tmp_path / "e.json").read_text())["train_images"] == 16 * 13
+                 "--protocols", "plain", "idc", "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
+    scored = json.loads((tmp_path / "e.json").read_text())["evaluation"]
+    assert set(scored) == {"plain", "idc"} and scored["idc"]["set"]["train_images"] == 16 * 13
+    assert scored["idc"]["init"]["train_images"] == 16 * 13  # the init found beside the set, in the same form
+    assert main(["evaluate", str(out / "synset.safetensors"), "--no-init", "--epochs", "1", "--repeats", "1",
+                 "--json", str(tmp_path / "f.json"), "--quiet"]) == 0
+    assert set(json.loads((tmp_path / "f.json").read_text())["evaluation"]["plain"]) == {"set"}
     assert main(["show", str(out / "synset.safetensors"), "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").exists()
     assert main(["baseline", "--dataset", "mnist", "--ipc", "2", "--method", "herding", "--epochs", "1",
                  "--repeats", "1", "--quiet"]) == 0
-    assert "herding, ipc 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "herding, ipc 2" in out and "plain" in out and "dsa" in out
 
 
-@pytest.mark.parametrize("command", ["distill", "evaluate", "baseline", "show"])
+@pytest.mark.parametrize("command", ["distill", "evaluate", "baseline", "show", "reproduce"])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

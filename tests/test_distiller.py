@@ -5,6 +5,7 @@ import torch
 
 from udd_fast import Distiller, RealData, RegionConfig, SyntheticSet, UDDConfig, preset
 from udd_fast.errors import UDDError
+from udd_fast.image_step import ClassSGD
 
 
 def tiny_data(classes=3, per_class=8, size=12, seed=0):
@@ -18,7 +19,7 @@ def tiny_data(classes=3, per_class=8, size=12, seed=0):
 def fixed_net_config(**kw):
     """The network is never trained and the real batch is the whole class, undistorted: the matching
     objective is then the same function of S at every step, so its value must fall."""
-    base = dict(ipc=1, width=8, outer=1, inner=25, metric="mse", lr_img=3.75, dsa="none", net_batches=0,
+    base = dict(ipc=1, width=8, outer=1, inner=25, metric="mse", lr_img=0.3, dsa="none", net_batches=0,
                 batch_real=8, cfc=False, regions=RegionConfig(policy="activation", p=4))
     base.update(kw)
     return UDDConfig(**base)
@@ -30,7 +31,18 @@ def test_short_distillation_decreases_matching_loss(policy):
     syn = d.run(progress=False)
     first, last = d.history[0]["match"], d.history[-1]["match"]
     assert last < 0.5 * first, (first, last)
-    assert syn.images.shape == (3, 1, 12, 12) and syn.images.min() >= 0 and syn.images.max() <= 1
+    assert syn.images.shape == (3, 1, 12, 12)
+
+
+def test_s_is_clamped_at_the_start_of_every_outer_iteration(monkeypatch):
+    """Where IDC clamps: before each outer iteration's steps; the last iteration's steps are kept as they are."""
+    seen = []
+    embeddings = Distiller.class_embeddings
+    monkeypatch.setattr(Distiller, "class_embeddings", lambda self, net, syn: (
+        seen.append(syn.detach().clone()), embeddings(self, net, syn))[1])
+    syn = Distiller(tiny_data(), fixed_net_config(outer=2, inner=5, lr_img=30.0)).run(progress=False)
+    assert len(seen) == 2 and all(s.min() >= 0 and s.max() <= 1 for s in seen)
+    assert syn.images.min() < 0 or syn.images.max() > 1  # steps this large leave [0, 1]
 
 
 def test_full_loop_with_cfc_factor_and_checkpoint(tmp_path):
@@ -55,18 +67,13 @@ def test_cpu_quick_scales_steps_with_ipc():
 @pytest.mark.parametrize("outer, at, halvings", [(1, 0, 0), (2, 1, 3), (10, 5, 0), (10, 6, 1), (10, 8, 2), (10, 9, 3)])
 def test_lr_img_halves_at_60_80_90_percent_only(outer, at, halvings, monkeypatch):
     """lr_img is halved at the milestones passed, never before the first step (one outer iteration)."""
-    made = []
-    sgd = torch.optim.SGD
-    monkeypatch.setattr(torch.optim, "SGD", lambda *a, **k: made.append(sgd(*a, **k)) or made[-1])
-    data = tiny_data()
-    cfg = fixed_net_config(outer=outer, inner=1, lr_img=1.0)
     lrs = []
+    monkeypatch.setattr(ClassSGD, "before", lambda self, syn: lrs.append(self.lr))
     monkeypatch.setattr(Distiller, "inner_step", lambda self, net, syn, bank, step: (
-        lrs.append(made[0].param_groups[0]["lr"]), (torch.zeros(self.k), bank))[1])
-    Distiller(data, cfg).run(progress=False)
-    std2 = sum(s * s for s in data.std) / len(data.std)
-    assert lrs[0] == pytest.approx(std2)
-    assert lrs[at] == pytest.approx(std2 * 0.5 ** halvings)
+        syn.sum().backward(), (torch.zeros(self.k), bank))[1])
+    cfg = fixed_net_config(outer=outer, inner=1, lr_img=1.0, lr_decay=(0.6, 0.8, 0.9))
+    Distiller(tiny_data(), cfg).run(progress=False)
+    assert lrs[0] == 1.0 and lrs[at] == 0.5 ** halvings
 
 
 def test_same_seed_same_result():

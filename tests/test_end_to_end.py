@@ -24,4 +24,4 @@ def test_distill_and_evaluate_fashion_mnist(fmnist, tmp_path):
     assert r["train_images"] == 10 * cfg.factor ** 2
     assert r["mean"] > 35.0, r  # chance is 10 %
     assert 0 < r["mue"] <= 1
-    torch.testing.assert_close(syn.images.clamp(0, 1), syn.images)
+    assert syn.images.min() > -0.1 and syn.images.max() < 1.1  # pixel space; one outer iteration's steps unclamped

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from udd_fast import EvalProtocol, RealData, evaluate_images, herding_coreset, random_coreset
@@ -37,3 +38,40 @@ def test_evaluate_images_learns_separable_classes():
     r = evaluate_images(d.images, d.labels, d, EvalProtocol(width=16, epochs=100, lr=0.05, repeats=2, dsa="none"),
                         progress=False)
     assert r["mean"] > 90 and r["train_images"] == 30 and len(r["accs"]) == 2 and 0 < r["mue"] <= 1
+
+
+def test_named_protocols_and_auto_precision(monkeypatch):
+    """The protocols say what they are; ``auto`` takes bf16 only where the hardware has it."""
+    from udd_fast import losses
+    from udd_fast.errors import UDDError
+    from udd_fast.evaluate import DEFAULT_PROTOCOLS, protocol
+
+    assert DEFAULT_PROTOCOLS == ("plain", "dsa")
+    plain, idc = protocol("plain"), protocol("idc", repeats=1)
+    assert (plain.augment, plain.shift, plain.epochs, plain.milestones, plain.gamma) == ("shift", 4, 300, (0.5,), 0.1)
+    assert (idc.epochs, idc.batch, idc.cutmix, idc.milestones, idc.gamma, idc.repeats) == (1000, 64, 0.5, (2 / 3, 5 / 6),
+                                                                                             0.2, 1)
+    assert "cutout" not in idc.dsa and protocol("paper").milestones == ()
+    with pytest.raises(UDDError, match="unknown evaluation protocol"):
+        protocol("fancy")
+    monkeypatch.setattr(losses, "bf16_is_fast", lambda device_type: False)
+    assert losses.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(losses, "bf16_is_fast", lambda device_type: True)
+    assert losses.resolve_precision("auto", "cpu") == "bf16" and losses.resolve_precision("fp32", "cpu") == "fp32"
+    d = clustered_data()
+    r = evaluate_images(d.images, d.labels, d, EvalProtocol("plain", width=8, epochs=2, repeats=1, augment="shift",
+                                                            precision="auto"), progress=False)
+    assert r["precision"] == "bf16" and r["protocol"]["name"] == "plain"
+
+
+def test_random_shift_moves_whole_images_with_black_fill():
+    from udd_fast.augment import random_shift
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 8, 8) + 0.1
+    out = random_shift(x, 2)
+    for a, b in zip(x, out):  # each output is its input shifted by at most 2 px, zeros where nothing moved in
+        assert any(torch.equal(b[:, max(0, dy):8 + min(0, dy), max(0, dx):8 + min(0, dx)],
+                               a[:, max(0, -dy):8 + min(0, -dy), max(0, -dx):8 + min(0, -dx)])
+                   for dy in range(-2, 3) for dx in range(-2, 3))
+    assert (out == 0).any() and (out == 0).sum() < x.numel() / 2

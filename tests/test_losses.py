@@ -6,6 +6,7 @@ import torch
 from udd_fast.errors import UDDError
 from udd_fast.losses import cfc_loss, distance, ema_update, grad_match, matched_names
 from udd_fast.models import ConvNet
+from udd_fast.regions import batch_weights
 
 
 def test_distances_by_hand():
@@ -34,12 +35,22 @@ def test_grad_match_zero_for_identical_batches_and_differentiable():
     x = torch.rand(4, 1, 28, 28)
     y = torch.tensor([0, 1, 2, 0])
     syn = x.clone().requires_grad_(True)
-    loss, emb = grad_match(net, params, matched_names(net), x, y, syn, y, "mse")
+    uniform = torch.full((4,), 0.25)
+    loss, emb = grad_match(net, params, matched_names(net), x, y, syn, y, uniform, "mse")
     assert loss.item() == pytest.approx(0.0, abs=1e-10) and emb.shape == (4, 64)
     other = torch.rand(4, 1, 28, 28, requires_grad=True)
-    loss, _ = grad_match(net, params, matched_names(net), x, y, other, y, "l1")
+    loss, _ = grad_match(net, params, matched_names(net), x, y, other, y, uniform, "l1")
     loss.backward()
     assert loss.item() > 0 and other.grad.abs().sum() > 0
+    # weights: the real batch's gradient is the plain mean, so the batch matches itself only with equal weights
+    skewed = torch.tensor([0.7, 0.1, 0.1, 0.1])
+    assert grad_match(net, params, matched_names(net), x, y, syn, y, skewed, "mse")[0].item() > 1e-6
+
+
+def test_batch_weights():
+    torch.testing.assert_close(batch_weights(2, 3, None), torch.full((8,), 1 / 8))
+    torch.testing.assert_close(batch_weights(2, 3, 0.5), torch.tensor([0.25, 0.25] + [0.5 / 6] * 6))
+    torch.testing.assert_close(batch_weights(4, 0, 0.5), torch.full((4,), 0.25))
 
 
 def test_cfc_loss_by_hand():
@@ -72,7 +83,8 @@ def test_grad_match_bf16_close_to_fp32():
     out = {}
     for precision in ("fp32", "bf16"):
         syn.grad = None
-        loss, emb = grad_match(net, params, matched_names(net), x, y, syn, y[:3], "mse", precision)
+        loss, emb = grad_match(net, params, matched_names(net), x, y, syn, y[:3], torch.full((3,), 1 / 3), "mse",
+                               precision)
         loss.backward()
         assert loss.dtype == emb.dtype == syn.grad.dtype == torch.float32
         out[precision] = loss.item(), syn.grad.clone()

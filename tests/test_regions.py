@@ -1,12 +1,14 @@
 """Policies find a planted low-information window; the training batch and decode are what they say."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from udd_fast import ops
 from udd_fast.errors import UDDError
+from udd_fast.formation import decode, mix_init, tile_bounds
 from udd_fast.models import ConvNet
-from udd_fast.regions import (RegionConfig, candidate_windows, check_image_size, decode, grid_windows, ranks,
+from udd_fast.regions import (RegionConfig, candidate_windows, check_image_size, ranks,
                               select_windows, training_batch)
 
 
@@ -71,16 +73,37 @@ def test_training_batch_is_source_then_crops_and_differentiable():
 
 
 def test_decode_factor_two_by_hand():
-    """Each 2x2 tile is upsampled to the full size, tiles row-major, images b-major."""
-    img = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    """Each 2x2 tile is upsampled to the full size on its own, tiles row-major, images b-major."""
+    img = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
     img[0, 0, :2, :2], img[0, 0, :2, 2:], img[0, 0, 2:, :2], img[0, 0, 2:, 2:] = 1, 2, 3, 4
+    img[1] = -img[0]
     out = decode(img, 2)
-    assert out.shape == (4, 1, 4, 4)
-    # interior samples of each tile are the tile's constant value; border rows blend with the next tile
-    for t, v in enumerate((1.0, 2.0, 3.0, 4.0)):
-        assert out[t, 0, 1:3, 1:3].eq(v).all()
-    assert grid_windows(2).tolist() == [[0, 0, .5, .5], [0, .5, .5, 1], [.5, 0, 1, .5], [.5, .5, 1, 1]]
+    assert out.shape == (8, 1, 4, 4)
+    # a constant tile decodes to a constant image: no sample reaches into the neighbour tile
+    for t, v in enumerate((1.0, 2.0, 3.0, 4.0, -1.0, -2.0, -3.0, -4.0)):
+        assert out[t].eq(v).all()
     assert torch.equal(decode(img, 1), img)
+
+
+def test_decode_is_idc_per_tile_upsampling_and_inverts_mix_init():
+    """IDC's decode_zoom: crop each tile, upsample bilinearly (align_corners=False); mix_init shrinks each real
+    image into its tile by nearest neighbour (every second pixel at factor 2), the layout decode reads back."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 2, 28, 28, generator=g, requires_grad=True)
+    tiles = [img[:, :, i * 14:(i + 1) * 14, j * 14:(j + 1) * 14] for i in range(2) for j in range(2)]
+    want = torch.stack([F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False) for t in tiles], 1)
+    out = decode(img, 2)
+    torch.testing.assert_close(out, want.flatten(0, 1))
+    out[1].sum().backward()  # image 0, tile 1 (top right): its gradient stays in that tile
+    assert img.grad[0, :, :14, 14:].abs().sum() > 0 and img.grad[0, :, 14:, :].abs().sum() == 0
+    assert img.grad[0, :, :, :14].abs().sum() == 0 and img.grad[1:].abs().sum() == 0
+    real = torch.rand(8, 1, 28, 28, generator=g)
+    stored = mix_init(real, 2)
+    assert stored.shape == (2, 1, 28, 28)
+    torch.testing.assert_close(stored[1, :, 14:, :14], real[6, :, ::2, ::2])  # image 1, tile 2 (bottom left)
+    assert tile_bounds(28, 3) == [0, 9, 19, 28]
+    odd = mix_init(torch.rand(9, 1, 28, 28, generator=g), 3)
+    assert decode(odd, 3).shape == (9, 1, 28, 28)
 
 
 def test_region_config_errors():

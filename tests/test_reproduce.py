@@ -25,13 +25,14 @@ def small_splits(monkeypatch):
     monkeypatch.setattr(reproduce, "load_dataset", load)
 
 
-def harness(tmp_path, protocol="paper", **kw):
-    return Harness("fashion-mnist", protocol, tmp_path / "work", tmp_path / "results" / "t", "cpu",
+def harness(tmp_path, budget="paper", **kw):
+    return Harness("fashion-mnist", budget, tmp_path / "work", tmp_path / "results" / "t", "cpu",
                    kw.pop("overrides", TINY), kw.pop("eval_overrides", TINY_EVAL), progress=False, **kw)
 
 
-def test_paper_protocol_end_to_end(tmp_path):
-    """The paper protocol's loop (batched step, bf16, l1) runs every kind of row into a table and figures."""
+def test_paper_budget_end_to_end(tmp_path):
+    """The paper budget's loop (batched step, bf16, l1, jitter) runs every kind of row into a table and figures,
+    every row under both protocols, every distilled row beside its initialisation."""
     table = harness(tmp_path).run([1], ["udd-f1-expanded", "idc-style", "udd@alexnet", "random"])
     rows = table.data["rows"]
     # a row evaluating another row's set puts that row on record first
@@ -39,20 +40,30 @@ def test_paper_protocol_end_to_end(tmp_path):
                                                  "random"]]
     cfg = rows["ipc1/udd"]["config"]
     assert (cfg["step"], cfg["precision"], cfg["metric"], cfg["outer"], cfg["inner"]) == ("batched", "bf16", "l1", 1, 2)
+    assert cfg["regions"]["policy"] == "jitter" and cfg["cfc"]
     assert rows["ipc1/idc-style"]["config"]["regions"]["policy"] is None and not rows["ipc1/idc-style"]["config"]["cfc"]
     # sizes are counted honestly: factor 1 set of 10 images expanded by 12 windows each
     assert rows["ipc1/udd-f1"]["train_images"] == 10
     assert rows["ipc1/udd-f1-expanded"]["train_images"] == 130
     assert "distill_wall_s" not in rows["ipc1/udd-f1-expanded"] and rows["ipc1/udd-f1"]["distill_wall_s"] > 0
     assert rows["ipc1/udd"]["train_images"] == 10 * cfg["factor"] ** 2
-    assert rows["ipc1/udd@alexnet"]["protocol"]["model"] == "alexnet"
+    assert table.data["settings"]["protocols"]["plain"]["augment"] == "shift"
     assert rows["ipc1/udd"]["paper"] == 82.3 and rows["ipc1/random"]["paper"] == 51.4
-    for r in rows.values():
-        assert len(r["accs"]) == 2 and 0 < r["mue"] <= 1 and r["eval_wall_s"] > 0
+    for key, r in rows.items():
+        assert set(r["eval"]) == {"plain", "dsa"} and 0 < r["mue"] <= 1 and r["eval_wall_s"] > 0
+        assert all(len(e["accs"]) == 2 for e in r["eval"].values())
+        if key != "ipc1/random":  # a distilled set: its initialisation, scored the same way, and the gain
+            assert set(r["init"]) == {"plain", "dsa"} and r["moved_px"] > 0
+            assert r["init"]["plain"]["train_images"] == r["train_images"]
+            assert r["gain"]["dsa"] == pytest.approx(r["eval"]["dsa"]["mean"] - r["init"]["dsa"]["mean"])
+    # rows starting from the same images share one evaluation of them; the expanded form has its own
+    assert rows["ipc1/udd"]["init"] == rows["ipc1/idc-style"]["init"]
+    assert rows["ipc1/udd-f1-expanded"]["init"]["plain"]["train_images"] == 130
+    assert len(table.data["inits"]) == 2 * 4  # (f1, f1 expanded, f2, f2 on alexnet) x 2 protocols
     md = table.md.read_text()
-    assert "(set of `udd-f1`)" in md and "82.3 (UDD)" in md
+    assert "(set of `udd-f1`)" in md and "82.3 (UDD)" in md and "| plain % | init | gain |" in md
     assert "| DC (paper only; not run here) |" in md and "93.5" in md
-    assert "the IDC-style ablation at this budget" in md and "### Cross-architecture, IPC=1" in md
+    assert "the IDC-style ablation under `plain` at this budget" in md and "### Cross-architecture, IPC=1" in md
     assert json.loads(table.json.read_text()) == table.data
     figs = [f["file"] for f in table.data["figures"]]
     assert figs == ["t-acc-vs-mue.png", "t-grids-ipc1.png", "t-windows-ipc1.png"]
@@ -65,42 +76,53 @@ def test_paper_protocol_end_to_end(tmp_path):
 
 def test_resumes_instead_of_recomputing(tmp_path, monkeypatch):
     h = harness(tmp_path, "cpu-quick", overrides=QUICK, eval_overrides={**TINY_EVAL, "repeats": 1})
-    h.run([1], ["random", "init-only"])
+    h.run([1], ["random", "idc-style"])
     first = h.table.data["rows"]["ipc1/random"]
     monkeypatch.setattr(reproduce, "random_baseline", lambda *a, **k: pytest.fail("recomputed a finished row"))
     again = harness(tmp_path, "cpu-quick", overrides=QUICK, eval_overrides={**TINY_EVAL, "repeats": 1})
-    again.run([1], ["random", "init-only"])
+    again.run([1], ["random", "idc-style"])
     assert again.table.data["rows"]["ipc1/random"] == first
     assert len(again.table.data["commands"]) == 2
     # a set whose evaluation was interrupted is evaluated again without distilling it again
-    del again.table.data["rows"]["ipc1/init-only"]
+    done = again.table.data["rows"].pop("ipc1/idc-style")
     monkeypatch.setattr(reproduce.Distiller, "run", lambda *a, **k: pytest.fail("distilled a saved set"))
-    assert again.result(1, ROW["init-only"])["train_images"] == 40
+    redone = again.result(1, ROW["idc-style"])
+    assert redone["train_images"] == 40 and redone["init"] == done["init"] and redone["moved_px"] == done["moved_px"]
     with pytest.raises(UDDError, match="other settings"):
         harness(tmp_path, "cpu-quick", overrides=QUICK, eval_overrides={**TINY_EVAL, "repeats": 3})
+    with pytest.raises(UDDError, match="other settings"):
+        harness(tmp_path, "cpu-quick", overrides=QUICK, eval_overrides={**TINY_EVAL, "repeats": 1},
+                protocols=["plain", "idc"])
 
 
 def test_studies_and_errors(tmp_path):
     assert all(k in ROW for keys in STUDIES.values() for k in keys)
-    quick = reproduce.PROTOCOLS["cpu-quick"]
-    assert (quick.evaluation_at(1).epochs, quick.evaluation_at(1).repeats) == (300, 3)
-    assert (quick.evaluation_at(10).epochs, quick.evaluation_at(10).repeats) == (100, 2)
-    assert harness(tmp_path, "cpu-quick").evaluation_at(10).epochs == 1  # overrides come last
+    quick = reproduce.BUDGETS["cpu-quick"]
+    assert quick.evaluation_at(1) == {} and quick.evaluation_at(10) == {"epochs": 100, "repeats": 2}
+    h = harness(tmp_path, "cpu-quick")
+    assert h.evaluations(10)["plain"].epochs == 1 and h.evaluations(1)["dsa"].repeats == 2  # overrides come last
+    assert h.evaluations(1, "alexnet")["plain"].model == "alexnet"
     assert {ROW[k].changes["regions"]["p"] for k in STUDIES["windows"] if k != "udd"} == {3, 5}
     with pytest.raises(UDDError, match="unknown rows"):
         harness(tmp_path).run([1], ["nope"])
-    with pytest.raises(UDDError, match="unknown protocol"):
+    with pytest.raises(UDDError, match="unknown budget"):
         Harness("fashion-mnist", "gpu-fast", tmp_path)
+    with pytest.raises(UDDError, match="unknown evaluation protocol"):
+        harness(tmp_path, protocols=["plain", "fancy"])
     assert main(["reproduce", "--rows", "nope", "--work", str(tmp_path), "--quiet"]) == 2
 
 
 def test_render_marks_a_loss_to_the_ablation():
-    row = {"ipc": 1, "label": "x", "train_images": 40, "mean": 70.0, "std": 0.5, "mue": 0.9, "eval_wall_s": 1.0,
-           "distill_wall_s": 2.0, "source": "udd", "paper": 82.3, "paper_method": "UDD"}
-    data = {"dataset": "fashion-mnist", "protocol": "cpu-quick", "commands": [], "figures": [],
-            "settings": {"overrides": {}, "evaluation": reproduce.asdict(reproduce.PROTOCOLS["cpu-quick"].evaluation),
-                         "larger": [10, {"epochs": 100}]},
-            "rows": {"ipc1/udd": row, "ipc1/idc-style": {**row, "mean": 71.0, "source": "idc-style"}}}
+    scores = {"plain": {"mean": 70.0, "std": 0.5}, "dsa": {"mean": 72.0, "std": 0.5}}
+    row = {"ipc": 1, "label": "x", "train_images": 40, "eval": scores, "init": scores, "gain": {"plain": 0, "dsa": 0},
+           "moved_px": 0.01, "mue": 0.9, "eval_wall_s": 1.0, "distill_wall_s": 2.0, "source": "udd", "paper": 82.3,
+           "paper_method": "UDD"}
+    protocols = {n: reproduce.asdict(reproduce.protocol(n)) for n in ("plain", "dsa")}
+    data = {"dataset": "fashion-mnist", "budget": "cpu-quick", "commands": [], "figures": [],
+            "settings": {"overrides": {}, "protocols": protocols, "larger": [10, {"epochs": 100}]},
+            "rows": {"ipc1/udd": row, "ipc1/idc-style": {**row, "eval": {**scores, "plain": {"mean": 71.0, "std": 0.5}},
+                                                          "source": "idc-style"}}}
     md = render(data)
-    assert "UDD does not beat the IDC-style ablation at this budget: -1.00 points" in md
-    assert 'From IPC=10 on, the evaluation changes: `{"epochs": 100}`' in md
+    assert "UDD does not beat the IDC-style ablation under `plain` at this budget: -1.00 points" in md
+    assert 'From IPC=10 on, every protocol changes: `{"epochs": 100}`' in md
+    assert "`plain`: convnet (width 128), 300 epochs" in md and "random shifts of up to 4 px" in md

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from udd_fast.errors import UDDError
-from udd_fast.regions import candidate_windows, decode, training_batch
-from udd_fast.synset import SyntheticSet, mix_init
+from udd_fast.formation import decode, mix_init
+from udd_fast.regions import candidate_windows, training_batch
+from udd_fast.synset import SyntheticSet
 
 
 def make_set(factor=1, expand=False):

@@ -1,4 +1,5 @@
-"""DSA: differentiable Siamese augmentation (Zhao & Bilen), on normalized images.
+"""Augmentations: DSA (differentiable Siamese augmentation, Zhao & Bilen) on normalized images, random
+shifts, CutMix.
 
 One call to :meth:`DSA.sample` draws the parameters; :meth:`DSA.apply` applies them to any batch. Drawing
 once with ``siamese=True`` and applying the draw to both the real and the synthetic batch is what makes the
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+MODES = ("all", "single", "idc")
+ALWAYS_IN_IDC_MODE = ("color", "flip", "cutout")  # IDC's DiffAug applies these on every call
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,10 @@ class DSA:
     """Differentiable augmentation.
 
     ``strategy`` joins transform names with ``_`` (e.g. ``"color_crop_cutout_flip_scale_rotate"``).
-    ``mode="all"`` applies every transform in turn (IDC); ``mode="single"`` applies one transform chosen at
-    random per draw (DSA's default). ``flip=False`` drops flips (digits, house numbers).
+    ``mode="all"`` applies every transform in turn (IDC's matching augmentation); ``mode="single"`` applies one
+    transform chosen at random per draw (DC/DSA's evaluation); ``mode="idc"`` applies color, flip and cutout
+    always and one of the others chosen per draw (IDC's evaluation and network updates). ``flip=False`` drops
+    flips (digits, house numbers).
     """
 
     def __init__(self, strategy: str = "color_crop_cutout", mode: str = "all", flip: bool = True,
@@ -42,8 +47,8 @@ class DSA:
         unknown = sorted(set(names) - set(TRANSFORMS))
         if unknown:
             raise ValueError(f"unknown DSA transform(s) {unknown}; choose from {', '.join(TRANSFORMS)}")
-        if mode not in ("all", "single"):
-            raise ValueError(f"DSA mode must be 'all' or 'single', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"DSA mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.names = [t for t in names if flip or t != "flip"]
         self.mode = mode
         self.p = params
@@ -55,8 +60,12 @@ class DSA:
         k = 1 if siamese else n
         names = self.names
         src = generator.device if generator is not None else device
-        if self.mode == "single" and names:
-            names = [names[int(torch.randint(len(names), (1,), generator=generator, device=src))]]
+        if self.mode != "all":
+            always = [t for t in names if self.mode == "idc" and t in ALWAYS_IN_IDC_MODE]
+            pool = [t for t in names if t not in always]
+            if pool:
+                pick = pool[int(torch.randint(len(pool), (1,), generator=generator, device=src))]
+                names = [t for t in names if t in always or t == pick]
         p, h, w = self.p, size[0], size[1]
 
         def u(*shape):
@@ -167,3 +176,27 @@ class DSA:
         c, s, zero = torch.cos(d), torch.sin(d), torch.zeros_like(d)
         theta = torch.stack([torch.stack([c, s, zero], -1), torch.stack([-s, c, zero], -1)], 1)
         return self._affine(x, theta)
+
+
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Shift each image by its own random integer offset of up to ``max_shift`` pixels per axis, filling with
+    zeros (the plain evaluation's only augmentation; apply it in pixel space, where 0 is black)."""
+    b = x.shape[0]
+    dy, dx = (torch.randint(-max_shift, max_shift + 1, (b,), device=x.device) for _ in range(2))
+    return DSA._crop(x, (dy, dx))
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int):
+    """CutMix one random box between a batch and its permutation (box area ~ U(0, 1), as Beta(1, 1) in IDC);
+    returns the images and soft targets weighted by the area each image keeps."""
+    lam = float(torch.rand(()))
+    h, w = x.shape[-2:]
+    ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+    cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
+    y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    perm = torch.randperm(x.shape[0], device=x.device)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+    keep = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    onehot = F.one_hot(y, num_classes).float()
+    return x, keep * onehot + (1 - keep) * onehot[perm]

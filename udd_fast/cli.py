@@ -11,14 +11,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from udd_fast.config import CPU_QUICK_NOTES, PRESETS, preset
+from udd_fast.config import CPU_QUICK_NOTES, INITS, PRESETS, preset
 from udd_fast.data import DATASETS, load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
-from udd_fast.evaluate import EvalProtocol, evaluate, evaluate_images, herding_coreset, random_baseline
+from udd_fast.evaluate import (DEFAULT_PROTOCOLS, PROTOCOLS as EVAL_PROTOCOLS, EvalProtocol, evaluate,
+                               evaluate_against_init, evaluate_images, herding_coreset, protocol, random_baseline)
 from udd_fast.models import MODELS
 from udd_fast.regions import POLICIES
-from udd_fast.reproduce import PROTOCOLS, STUDIES, Harness
+from udd_fast.reproduce import BUDGETS, STUDIES, Harness
 from udd_fast.synset import SyntheticSet
 
 DATASET_CHOICES = [*DATASETS, "imagefolder"]
@@ -34,21 +35,36 @@ def _load(args, train: bool):
                         num_workers=args.workers)
 
 
-def _protocol(args) -> EvalProtocol:
-    return EvalProtocol(model=args.eval_model, epochs=args.epochs, repeats=args.repeats)
+def _protocols(args) -> list[EvalProtocol]:
+    """The evaluation protocols asked for, with the command line's overrides."""
+    model = {"model": args.eval_model, "width": None} if args.eval_model not in (None, "convnet") else {}
+    return [protocol(name, epochs=args.epochs, repeats=args.repeats, precision=args.eval_precision, **model)
+            for name in args.protocols]
 
 
 def _fmt(r: dict) -> str:
-    return f"{r['mean']:.2f} ± {r['std']:.2f} % ({r['train_images']} training images, mUE {r['mue']:.3f})"
+    return f"{r['mean']:.2f} ± {r['std']:.2f}"
+
+
+def _report(title: str, rows: dict[str, dict], columns: list[str]) -> None:
+    """Print one line per protocol: the accuracy of each column's set, and the gain where there is one."""
+    print(title)
+    print(f"  {'protocol':<9}" + "".join(f"{c:>18}" for c in columns) + ("       gain" if "init" in columns else ""))
+    for name, cells in rows.items():
+        line = f"  {name:<9}" + "".join(f"{_fmt(cells[c]) if c in cells else '—':>18}" for c in columns)
+        if "gain" in cells:
+            line += f"  {cells['gain']:+7.2f}"
+        print(line)
 
 
 def cmd_distill(args) -> dict:
     train = _load(args, True)
-    cfg = preset(args.preset, args.dataset, args.ipc)
+    cfg = preset(args.preset, args.dataset, args.ipc, train.size, train.num_classes)
     changes = {k: v for k, v in {"model": args.model, "factor": args.factor, "outer": args.outer, "inner": args.inner,
                                  "width": args.width, "seed": args.seed, "lam": args.lam,
                                  "checkpoint_every": args.checkpoint_every, "step": args.step,
-                                 "precision": args.precision}.items() if v is not None}
+                                 "precision": args.precision, "lr_img": args.lr_img, "init": args.init}.items()
+               if v is not None}
     if args.model is not None and args.width is None:
         changes["width"] = None  # the model's standard width (ResNetAp-10: 64), not ConvNet's 128
     if args.no_cfc:
@@ -57,6 +73,8 @@ def cmd_distill(args) -> dict:
         changes["regions"] = {"policy": None if args.policy == "none" else args.policy}
     if args.lowest_p is not None:
         changes.setdefault("regions", {})["p"] = args.lowest_p
+    if args.crop_share is not None:
+        changes.setdefault("regions", {})["crop_share"] = args.crop_share
     cfg = cfg.replace(**changes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,15 +88,22 @@ def cmd_distill(args) -> dict:
     metrics = {"dataset": args.dataset, "ipc": args.ipc, "preset": args.preset, "form": syn.form(),
                "distill_wall_s": distiller.wall_time, "processes": distiller.world, **distiller.memory,
                "config": json.loads(cfg.to_json())}
-    print(f"distilled {len(syn.labels)} images in {distiller.wall_time:.0f} s -> {out / 'synset.safetensors'}")
+    print(f"distilled {len(syn.labels)} images in {distiller.wall_time:.0f} s -> {out / 'synset.safetensors'} "
+          f"(its initialisation: {out / 'init.safetensors'})")
     if args.evaluate:
         test = _load(args, False)
-        proto = _protocol(args)
-        metrics["udd"] = evaluate(syn, test, proto, device=args.device, progress=not args.quiet)
-        print(f"distilled set ({syn.form()}): {_fmt(metrics['udd'])}")
+        protocols = _protocols(args)
+        scored = evaluate_against_init(syn, distiller.init_set, test, protocols, device=args.device,
+                                       progress=not args.quiet)
+        metrics["moved_px"] = scored.pop("moved")
+        metrics["evaluation"] = scored
         if args.baseline:
-            metrics["random"] = random_baseline(train, test, args.ipc, proto, args.device)
-            print(f"Random real, ipc {args.ipc}: {_fmt(metrics['random'])}")
+            for proto in protocols:
+                scored[proto.name]["random"] = random_baseline(train, test, args.ipc, proto, args.device)
+        columns = ["set", "init"] + (["random"] if args.baseline else [])
+        _report(f"accuracy % ({syn.form()}; S moved {metrics['moved_px']:.4f} px on average from its "
+                f"initialisation{'; random: ' + str(args.ipc) + ' real images per class' if args.baseline else ''})",
+                scored, columns)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
@@ -88,22 +113,38 @@ def cmd_evaluate(args) -> dict:
     args.dataset = args.dataset or syn.dataset
     test = _load(args, False)
     expand = {"yes": True, "no": False, "saved": None}[args.expand]
-    result = evaluate(syn, test, _protocol(args), expand, args.device, progress=not args.quiet)
-    print(f"{args.path}: {_fmt(result)}")
+    init_path = Path(args.init) if args.init else Path(args.path).with_name("init.safetensors")
+    init = SyntheticSet.load(init_path) if (args.init or init_path.exists()) and not args.no_init else None
+    if init is not None and (init.images.shape != syn.images.shape or init.factor != syn.factor):
+        raise UDDError(f"{init_path} is not this set's initialisation (shape {tuple(init.images.shape)}, factor "
+                       f"{init.factor} vs {tuple(syn.images.shape)}, {syn.factor}); pass --init or --no-init")
+    protocols = _protocols(args)
+    if init is None:
+        result = {p.name: {"set": evaluate(syn, test, p, expand, args.device, progress=not args.quiet)}
+                  for p in protocols}
+    else:
+        result = evaluate_against_init(syn, init, test, protocols, expand, args.device, progress=not args.quiet)
+    moved = result.pop("moved", None)
+    title = f"{args.path} ({syn.form()}): accuracy %"
+    if moved is not None:
+        title += f"; beside its initialisation {init_path} (S moved {moved:.4f} px on average)"
+    _report(title, result, ["set", "init"] if init is not None else ["set"])
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        Path(args.json).write_text(json.dumps({"moved_px": moved, "evaluation": result}, indent=1))
     return result
 
 
 def cmd_baseline(args) -> dict:
     train, test = _load(args, True), _load(args, False)
     train.check_ipc(args.ipc)
-    proto = _protocol(args)
-    if args.method == "random":
-        result = random_baseline(train, test, args.ipc, proto, args.device)
-    else:
-        result = evaluate_images(*herding_coreset(train, args.ipc), test, proto, args.device, progress=not args.quiet)
-    print(f"{args.method}, ipc {args.ipc}: {_fmt(result)}")
+    result = {}
+    for proto in _protocols(args):
+        if args.method == "random":
+            result[proto.name] = {"set": random_baseline(train, test, args.ipc, proto, args.device)}
+        else:
+            result[proto.name] = {"set": evaluate_images(*herding_coreset(train, args.ipc), test, proto, args.device,
+                                                         progress=not args.quiet)}
+    _report(f"{args.method}, ipc {args.ipc}: accuracy %", result, ["set"])
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result
@@ -121,8 +162,8 @@ def cmd_reproduce(args) -> dict:
     overrides = {k: v for k, v in {"outer": args.outer, "inner": args.inner, "width": args.width}.items()
                  if v is not None}
     evaluation = {k: v for k, v in {"epochs": args.epochs, "repeats": args.repeats}.items() if v is not None}
-    harness = Harness(args.dataset, args.protocol, args.work, args.table, args.device, overrides, evaluation,
-                      args.data_root, progress=not args.quiet)
+    harness = Harness(args.dataset, args.budget, args.work, args.table, args.device, overrides, evaluation,
+                      args.data_root, progress=not args.quiet, protocols=args.protocols)
     table = harness.run(args.ipc, keys)
     print(f"table: {table.md} (+ .json)")
     return table.data
@@ -144,9 +185,15 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def protocol(q):
-        q.add_argument("--epochs", type=int, default=300)
-        q.add_argument("--repeats", type=int, default=3)
-        q.add_argument("--eval-model", choices=MODELS, default="convnet")
+        q.add_argument("--protocols", nargs="+", choices=list(EVAL_PROTOCOLS), default=list(DEFAULT_PROTOCOLS),
+                       help="evaluation protocols (default: %(default)s): " + "; ".join(
+                           p.describe().replace("%", "%%") for p in EVAL_PROTOCOLS.values()))
+        q.add_argument("--epochs", type=int, help="override every protocol's training epochs")
+        q.add_argument("--repeats", type=int, help="override every protocol's number of networks")
+        q.add_argument("--eval-model", choices=MODELS, help="evaluation network (default: convnet, width 128)")
+        q.add_argument("--eval-precision", choices=["fp32", "bf16", "auto"],
+                       help="evaluation networks' passes in fp32 (default), under bf16 autocast, or auto: bf16 "
+                            "where the hardware has it (a GPU with bf16; a CPU with AMX or AVX-512 BF16)")
 
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
     common(d)
@@ -155,7 +202,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="run directory")
     d.add_argument("--policy", choices=[*POLICIES, "none"], help="region policy ('none': IDC-style)")
     d.add_argument("--lowest-p", type=int, help="P: the lowest-scoring windows kept per image (of N=12)")
+    d.add_argument("--crop-share", type=float, help="weight of an image's P crops, together, in the synthetic "
+                                                    "batch's loss (default: the preset's)")
     d.add_argument("--no-cfc", action="store_true", help="drop the CFC loss")
+    d.add_argument("--lr-img", type=float, help="image learning rate in pixel units, per class step (default: the "
+                                                "preset's, IDC's per dataset and IPC)")
+    d.add_argument("--init", choices=INITS, help="initialisation: each class's first real images (IDC), random "
+                                                 "ones, herding-selected ones, or noise")
     d.add_argument("--lam", type=float, help="CFC loss weight")
     d.add_argument("--factor", type=int, help="multi-formation factor")
     d.add_argument("--outer", type=int)
@@ -179,6 +232,9 @@ def parser() -> argparse.ArgumentParser:
     common(e, dataset_required=False)
     e.add_argument("--expand", choices=["saved", "yes", "no"], default="saved",
                    help="train on the set expanded by its candidate windows (default: as saved)")
+    e.add_argument("--init", help="the set's initialisation, scored beside it (default: init.safetensors next to "
+                                   "the set, when there is one)")
+    e.add_argument("--no-init", action="store_true", help="score the set alone")
     e.add_argument("--json", help="write the result here")
     protocol(e)
     e.set_defaults(func=cmd_evaluate)
@@ -197,18 +253,21 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    r.add_argument("--protocol", choices=list(PROTOCOLS), default="cpu-quick")
+    r.add_argument("--budget", choices=list(BUDGETS), default="cpu-quick",
+                   help="the preset every row starts from (cpu-quick: 2 CPU cores; paper: a GPU)")
+    r.add_argument("--protocols", nargs="+", choices=list(EVAL_PROTOCOLS), default=list(DEFAULT_PROTOCOLS),
+                   help="evaluation protocols every row is scored under (default: %(default)s)")
     r.add_argument("--study", nargs="+", choices=list(STUDIES), default=["main"],
                    help="main: Table 1 rows and ablations; forms: S alone / expanded / multi-formation; "
                         "windows: Table 5; cross-arch: Table 6")
     r.add_argument("--rows", nargs="+", help="run only these row keys (see udd_fast/reproduce.py)")
     r.add_argument("--work", default="runs/reproduce", help="synthetic sets and checkpoints go here")
     r.add_argument("--table", help="the table's path without suffix (default: WORK/<dataset>-<protocol>/table)")
-    r.add_argument("--outer", type=int, help="override the protocol's outer iterations")
-    r.add_argument("--inner", type=int, help="override the protocol's inner steps")
+    r.add_argument("--outer", type=int, help="override the preset's outer iterations")
+    r.add_argument("--inner", type=int, help="override the preset's inner steps")
     r.add_argument("--width", type=int, help="override the distillation network's width")
-    r.add_argument("--epochs", type=int, help="override the evaluation epochs")
-    r.add_argument("--repeats", type=int, help="override the evaluation repeats")
+    r.add_argument("--epochs", type=int, help="override every evaluation protocol's epochs")
+    r.add_argument("--repeats", type=int, help="override every evaluation protocol's number of networks")
     r.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("show", help="save a PNG grid of a synthetic set")

@@ -119,10 +119,11 @@ class RealData:
         """Where the images live and batches are returned."""
         return self.images.device
 
-    def class_batch(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` random images of class ``c`` (without replacement when the class is large enough)."""
+    def class_batch(self, c: int, n: int, generator: torch.Generator | None = None, first: bool = False) -> torch.Tensor:
+        """``n`` random images of class ``c`` (without replacement when the class is large enough); with
+        ``first``, its first ``n`` images in dataset order instead."""
         idx = self.by_class[c]
-        return self.images[idx[_pick(len(idx), n, generator)]]
+        return self.images[idx[_pick(len(idx), n, generator, first)]]
 
     def random_batch(self, n: int, generator: torch.Generator | None = None):
         """``n`` images drawn uniformly with replacement from the whole set, and their labels."""
@@ -139,9 +140,11 @@ class RealData:
         return self
 
 
-def _pick(available: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
+def _pick(available: int, n: int, generator: torch.Generator | None, first: bool = False) -> torch.Tensor:
     """Positions of ``n`` draws among ``available`` items: a random permutation's first ``n`` (no
-    replacement) when there are enough, else ``n`` uniform draws with replacement."""
+    replacement) when there are enough, else ``n`` uniform draws with replacement; ``first``: ``0 .. n-1``."""
+    if first:
+        return torch.arange(min(n, available))
     return torch.randperm(available, generator=generator)[:n] if n <= available else \
         torch.randint(available, (n,), generator=generator)
 
@@ -220,11 +223,11 @@ class FolderData:
             batch = batch.pin_memory()
         return batch.to(self.device, non_blocking=True)
 
-    def class_batch(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` random images of class ``c`` (without replacement when the class is large enough),
-        decoded from disk; the same draw as :meth:`RealData.class_batch`."""
+    def class_batch(self, c: int, n: int, generator: torch.Generator | None = None, first: bool = False) -> torch.Tensor:
+        """``n`` random images of class ``c`` (without replacement when the class is large enough), or its
+        first ``n``, decoded from disk; the same draw as :meth:`RealData.class_batch`."""
         idx = self.by_class[c]
-        return self.load(idx[_pick(len(idx), n, generator)])
+        return self.load(idx[_pick(len(idx), n, generator, first)])
 
     def random_batch(self, n: int, generator: torch.Generator | None = None):
         """``n`` images drawn uniformly with replacement from the whole folder, and their labels."""

@@ -2,20 +2,21 @@
 
     S <- real images (IPC per class)
     for each outer iteration:                      fresh network theta
+        S <- clamp(S, 0, 1)
         for each inner step:
             windows <- P most underutilized windows of every S_c under theta   (regions.select_windows)
             for each class c (or all classes at once: step="batched"):
                 S_c_train <- [S_c ; crop_resize(S_c, windows)]                 (regions.training_batch)
                 L <- grad_match(theta; DSA(R_c), DSA(S_c_train)) + lambda CFC   (losses)
-            S <- S - lr dL/dS   (SGD, momentum 0.5)
+                S_c <- S_c - lr dL/dS_c   (SGD, momentum 0.5, one buffer over S)  (image_step)
             theta <- theta - eta grad CE(theta; real mini-batches)
-        S <- clamp(S, 0, 1)
+    return S              (as IDC: the last outer iteration's steps are not clamped)
 
 With multi-formation (``factor`` > 1) S_c is decoded into its sub-images first and the windows are mined on
 those. The windows of all classes are mined in one pass: theta is fixed within an inner step and S_c is
-changed only by its own class's loss, so this is the per-class mining of Algorithm 1. Every class's loss
-depends only on its own S_c, so accumulating the class gradients and taking one optimizer step per inner step
-is exactly a per-class SGD step with per-class momentum.
+changed only by its own class's loss, so this is the per-class mining of Algorithm 1. For the same reason the
+per-class image steps of IDC's code (one SGD step per class, in class order, with one momentum buffer over
+all of S) can be taken for all classes at once, exactly: :class:`udd_fast.image_step.ClassSGD`.
 
 ``step="loop"`` is the reference: one class at a time, one backward each. ``step="batched"`` computes every
 class's real and synthetic parameter gradients and matching loss in one ``torch.func.vmap`` of the same pure
@@ -49,38 +50,18 @@ from torch.func import vmap
 from tqdm.auto import tqdm
 
 from udd_fast import checkpoint
-from udd_fast.augment import DSA
+from udd_fast.augment import DSA, cutmix
 from udd_fast.config import UDDConfig
 from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
 from udd_fast.evaluate import herding_coreset
 from udd_fast.losses import autocast, cfc_loss, ema_update, grad_match, matched_names
+from udd_fast.formation import decode, mix_init
+from udd_fast.image_step import ClassSGD
+from udd_fast.metrics import peak_memory
 from udd_fast.models import build_model
-from udd_fast.regions import candidate_windows, check_image_size, decode, select_windows, training_batch
-from udd_fast.synset import SyntheticSet, mix_init
-
-
-def peak_memory(device: torch.device) -> dict:
-    """Peak resident host memory of this process and peak allocated device memory, in MiB."""
-    peak = {"host_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        peak["device_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return peak
-
-
-def cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int, generator=None):
-    """CutMix one random box between a batch and its permutation; returns images and soft targets."""
-    lam = float(torch.distributions.Beta(1.0, 1.0).sample())
-    h, w = x.shape[-2:]
-    ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-    cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
-    y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    perm = torch.randperm(x.shape[0], device=x.device)
-    x = x.clone()
-    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
-    keep = 1 - (y1 - y0) * (x1 - x0) / (h * w)
-    onehot = F.one_hot(y, num_classes).float()
-    return x, keep * onehot + (1 - keep) * onehot[perm]
+from udd_fast.regions import batch_weights, candidate_windows, check_image_size, select_windows, training_batch
+from udd_fast.synset import SyntheticSet
 
 
 class Distiller:
@@ -99,6 +80,9 @@ class Distiller:
         self.k = data.num_classes
         self.windows = candidate_windows(config.regions.groups).to(self.device)
         self.dsa = DSA(config.dsa, mode="all", flip=data.flip)
+        # the network update draws per image, and drops cutout when CutMix is on (IDC's remove_aug)
+        net_aug = "_".join(t for t in config.dsa.split("_") if not (config.cutmix and t == "cutout"))
+        self.net_dsa = DSA(net_aug, mode="idc", flip=data.flip)
         self.labels = torch.arange(self.k, device=self.device).repeat_interleave(config.ipc)
         net = self.new_network()
         self.names = matched_names(net, config.matched)
@@ -122,8 +106,9 @@ class Distiller:
         self.streams = [torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + c) for c in range(self.k)]
 
     def init_synthetic(self) -> torch.Tensor:
-        """Real images of each class (``factor**2`` of them tiled into each stored image): random ones, or
-        the herding selection (images whose running mean embedding tracks the class mean); or noise."""
+        """Real images of each class (``factor**2`` of them tiled into each stored image): the class's first
+        images in dataset order (IDC's initialisation), random ones, or the herding selection (images whose
+        running mean embedding tracks the class mean); or noise."""
         cfg, n = self.cfg, self.cfg.ipc * self.cfg.factor ** 2
         if cfg.init == "noise":
             return torch.rand(self.k * cfg.ipc, self.data.channels, self.data.size, self.data.size,
@@ -131,7 +116,7 @@ class Distiller:
         if cfg.init == "herding":
             real = herding_coreset(self.data, n, seed=cfg.seed)[0].to(self.device).unflatten(0, (self.k, n))
         else:
-            real = [self.data.class_batch(c, n) for c in range(self.k)]
+            real = [self.data.class_batch(c, n, first=cfg.init == "first") for c in range(self.k)]
         return torch.cat([mix_init(r, cfg.factor) for r in real])
 
     def new_network(self):
@@ -171,6 +156,8 @@ class Distiller:
         cls = torch.tensor(classes, device=self.device)
         s = syn.unflatten(0, (self.k, cfg.ipc))[cls].flatten(0, 1)
         x_syn = decode(s, cfg.factor)
+        p = 0 if index is None else cfg.regions.p
+        w_syn = batch_weights(x_syn.shape[0] // g, p, cfg.regions.crop_share).to(self.device).expand(g, -1)
         if index is not None:
             x_syn = training_batch(x_syn, self.windows, index[cls].flatten(0, 1), g)
         x_real = torch.cat([reals[c] for c in classes])
@@ -181,9 +168,9 @@ class Distiller:
         y_syn = cls[:, None].expand(x_syn.shape[:2])
         fn = partial(grad_match, net, params, self.names, metric=cfg.metric, precision=cfg.precision)
         if cfg.step == "batched":
-            match, emb = vmap(fn)(x_real, y_real, x_syn, y_syn)
+            match, emb = vmap(fn)(x_real, y_real, x_syn, y_syn, w_syn)
         else:
-            match, emb = (t[None] for t in fn(x_real[0], y_real[0], x_syn[0], y_syn[0]))
+            match, emb = (t[None] for t in fn(x_real[0], y_real[0], x_syn[0], y_syn[0], w_syn[0]))
         f_bar = emb.mean(1)
         loss = match.sum()
         if cfg.cfc:
@@ -235,9 +222,9 @@ class Distiller:
             else:
                 x = decode(syn.detach(), cfg.factor)
                 y = self.labels.repeat_interleave(cfg.factor ** 2)
-            x = self.dsa(self.data.normalize(x))
+            x = self.net_dsa(self.data.normalize(x))
             target = F.one_hot(y, self.k).float()
-            if torch.rand(1).item() < cfg.cutmix:
+            if torch.rand(()) < cfg.cutmix:
                 x, target = cutmix(x, y, self.k)
             with autocast(self.device.type, cfg.precision):
                 logits = net(x)
@@ -248,52 +235,51 @@ class Distiller:
 
     # --- Algorithm 1 ----------------------------------------------------------------------------------
     def run(self, progress: bool = True, resume: bool = False) -> SyntheticSet:
-        """Run the whole distillation and return the synthetic set (also saved to ``out_dir`` if given).
+        """Run the whole distillation and return the synthetic set (also saved to ``out_dir`` if given, with the
+        initialisation beside it as ``init.safetensors``; ``self.init_set`` holds it too).
 
         With ``out_dir``, a checkpoint is written every ``checkpoint_every`` outer iterations; ``resume``
         continues from the newest readable one and ends with the same set as an uninterrupted run."""
         cfg = self.cfg
         self.seed()
         state = checkpoint.load(self.out_dir) if resume and self.out_dir else None
-        syn = (state["syn"].to(self.device) if state else self.init_synthetic()).requires_grad_(True)
-        # lr_img is in normalized units; S lives in pixel space, where the same step is lr * std^2
-        std2 = sum(s * s for s in self.data.std) / len(self.data.std)
-        opt = torch.optim.SGD([syn], lr=cfg.lr_img * std2, momentum=cfg.mom_img)
-        # a milestone at 0 would halve lr_img before the first step (it happens when outer is 1)
-        milestones = [m for m in (int(f * cfg.outer) for f in cfg.lr_decay) if m > 0]
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.5)
-        first = self.restore(state, opt, sched, syn) if state else 0
+        init = state["init"].to(self.device) if state else self.init_synthetic()
+        self.init_set = self.synthetic_set(init)
+        syn = (state["syn"].to(self.device) if state else init.clone()).requires_grad_(True)
+        opt = ClassSGD(syn, self.labels, self.k, cfg.lr_img, cfg.mom_img)
+        first = self.restore(state, opt) if state else 0
         step = first * cfg.inner
         bar = tqdm(total=cfg.outer * cfg.inner, initial=step, desc="distill", unit="step",
                    disable=not progress or self.rank > 0)
         start = time.time()
         for outer in range(first, cfg.outer):
+            opt.lr = self.lr_img_at(outer)
+            with torch.no_grad():
+                syn.clamp_(0, 1)  # where IDC clamps; the last outer iteration's steps stay unclamped, as in IDC
             net = self.new_network()
             self.sync_network(net)
             net_opt = torch.optim.SGD(net.parameters(), lr=cfg.net_lr, momentum=0.9, weight_decay=5e-4)
             bank = self.class_embeddings(net, syn)
             for inner in range(cfg.inner):
-                opt.zero_grad()
+                opt.before(syn)
+                syn.grad = None
                 match, bank = self.inner_step(net, syn, bank, step)
                 total = match.sum().item()
                 if not math.isfinite(total):
                     raise UDDError(f"matching loss became {total} at outer {outer}, inner {inner}; "
                                    "lower lr_img")
-                opt.step()
+                opt.step(syn, syn.grad)
                 with torch.no_grad():
                     syn.copy_(self.shared(syn))
-                if inner < cfg.inner - 1:
+                if inner < cfg.inner - 1:  # the network after the last step would be thrown away
                     self.train_network(net, net_opt, syn)
                     self.sync_network(net)
                 step += 1
                 bar.update()
                 bar.set_postfix(outer=outer, match=f"{total / self.k:.4g}")
                 self.history.append({"step": step, "outer": outer, "match": total / self.k, **peak_memory(self.device)})
-            sched.step()
-            with torch.no_grad():
-                syn.clamp_(0, 1)
             if self.out_dir and cfg.checkpoint_every and (outer + 1) % cfg.checkpoint_every == 0:
-                self.save_checkpoint(syn, opt, outer + 1)
+                self.save_checkpoint(syn, init, opt, outer + 1)
         bar.close()
         self.wall_time = time.time() - start
         self.memory = peak_memory(self.device)
@@ -301,16 +287,22 @@ class Distiller:
         if self.out_dir and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             result.save(self.out_dir / "synset.safetensors")
+            self.init_set.save(self.out_dir / "init.safetensors")
             (self.out_dir / "history.json").write_text(json.dumps(self.history))
         return result
 
+    def lr_img_at(self, outer: int) -> float:
+        """``lr_img`` halved at every ``lr_decay`` milestone passed (none at 0: with ``outer`` 1 it would halve
+        lr_img before the first step)."""
+        milestones = [m for m in (int(f * self.cfg.outer) for f in self.cfg.lr_decay) if m > 0]
+        return self.cfg.lr_img * 0.5 ** sum(outer >= m for m in milestones)
+
     # --- checkpoints ----------------------------------------------------------------------------------
-    def save_checkpoint(self, syn: torch.Tensor, opt, outer: int) -> None:
+    def save_checkpoint(self, syn: torch.Tensor, init: torch.Tensor, opt: ClassSGD, outer: int) -> None:
         """Everything the rest of the run depends on after ``outer`` outer iterations (a fresh network and
         CFC bank follow, so neither is saved). Every process joins in; rank 0 writes."""
-        momentum = opt.state[syn].get("momentum_buffer")
-        momentum = self.shared(momentum) if momentum is not None else torch.zeros_like(syn)
-        state = {"outer": outer, "syn": syn.detach().cpu(), "momentum": momentum.cpu(), "lr": opt.param_groups[0]["lr"],
+        momentum = self.shared(opt.buffer)
+        state = {"outer": outer, "syn": syn.detach().cpu(), "init": init.cpu(), "momentum": momentum.cpu(),
                  "rng": torch.get_rng_state(), "streams": torch.stack([g.get_state() for g in self.streams]),
                  "history": json.dumps(self.history), "config": self.cfg.to_json()}
         if self.device.type == "cuda":
@@ -318,16 +310,14 @@ class Distiller:
         if self.rank == 0:
             checkpoint.save(self.out_dir, state)
 
-    def restore(self, state: dict, opt, sched, syn: torch.Tensor) -> int:
-        """Load a checkpoint's optimizer, schedule, random streams and history; returns the next outer index."""
+    def restore(self, state: dict, opt: ClassSGD) -> int:
+        """Load a checkpoint's momentum, random streams and history; returns the next outer index."""
         saved, now = json.loads(state["config"]), json.loads(self.cfg.to_json())
         changed = sorted(k for k in now if k != "checkpoint_every" and saved.get(k) != now[k])
         if changed:
             raise UDDError(f"the checkpoint in {self.out_dir} was written with other settings ({', '.join(changed)}); "
                            "resume with the same settings or use another --out")
-        opt.state[syn]["momentum_buffer"] = state["momentum"].to(self.device)
-        opt.param_groups[0]["lr"] = state["lr"]
-        sched.last_epoch = state["outer"]
+        opt.buffer = state["momentum"].to(self.device)
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from udd_fast.augment import DSA
+from udd_fast.augment import DSA, cutmix, random_shift
 from udd_fast.data import FolderData, RealData
+from udd_fast.errors import UDDError
+from udd_fast.losses import PRECISIONS, autocast, resolve_precision
 from udd_fast.metrics import mue
 from udd_fast.models import build_model
 from udd_fast.synset import SyntheticSet
@@ -18,8 +20,14 @@ from udd_fast.synset import SyntheticSet
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    """How a set is scored (reported with every number): DSA-augmented SGD, lr decayed x0.1 at half."""
+    """How a set is scored: a named, recorded recipe for training fresh networks on it (see :data:`PROTOCOLS`).
 
+    ``augment``: ``"dsa"`` applies DSA ``dsa`` in ``dsa_mode`` (normalized space); ``"shift"`` random integer
+    shifts of up to ``shift`` pixels with black fill (pixel space); ``"none"`` nothing. ``cutmix`` is the
+    probability of CutMix per batch. The learning rate is multiplied by ``gamma`` at each of ``milestones``
+    (fractions of ``epochs``)."""
+
+    name: str = "dsa"
     model: str = "convnet"
     width: int | None = 128
     epochs: int = 300
@@ -27,35 +35,102 @@ class EvalProtocol:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.5,)
+    gamma: float = 0.1
+    augment: str = "dsa"
     dsa: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_mode: str = "single"
+    shift: int = 4
+    cutmix: float = 0.0
     repeats: int = 3
+    precision: str = "fp32"              # "bf16": network passes under bfloat16 autocast (weights stay fp32);
+                                         # "auto": bf16 where the hardware has it (losses.bf16_is_fast)
+
+    def __post_init__(self):
+        if self.augment not in AUGMENTS:
+            raise UDDError(f"unknown evaluation augmentation {self.augment!r}; choose one of {', '.join(AUGMENTS)}")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise UDDError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)} or auto")
+        if self.epochs < 1 or self.repeats < 1 or self.batch < 1:
+            raise UDDError(f"evaluation needs epochs, repeats and batch >= 1 (got {self.epochs}, {self.repeats}, "
+                           f"{self.batch})")
+
+    def describe(self) -> str:
+        aug = {"dsa": f"DSA `{self.dsa}` ({self.dsa_mode})", "shift": f"random shifts of up to {self.shift} px",
+               "none": "no augmentation"}[self.augment]
+        decay = (f"lr x{self.gamma} at {', '.join(f'{m:.3g}' for m in self.milestones)} of training"
+                 if self.milestones else "constant lr")
+        mix = f", CutMix p {self.cutmix}" if self.cutmix else ""
+        numerics = {"fp32": "", "bf16": ", bf16 autocast", "auto": ", bf16 autocast where the hardware has it"}[
+            self.precision]
+        return (f"`{self.name}`: {self.model} (width {self.width or 'standard'}), {self.epochs} epochs, batch "
+                f"{self.batch}, SGD lr {self.lr}, {decay}, momentum {self.momentum}, weight decay "
+                f"{self.weight_decay}, {aug}{mix}{numerics}; mean ± std over {self.repeats} networks")
+
+
+AUGMENTS = ("dsa", "shift", "none")
+
+#: The named evaluation protocols. ``dsa`` is DC/DSA's (one DSA transform per batch, lr x0.1 at half);
+#: ``plain`` trains with random shifts only, so a set cannot lean on heavy augmentation; ``idc`` is IDC's
+#: (1000 epochs, batch 64, its DiffAug without cutout, CutMix 0.5, lr x0.2 at 2/3 and 5/6); ``paper`` is what
+#: the UDD paper's appendix states (300 epochs at a fixed lr 0.01; augmentation as DC/DSA, which it follows).
+PROTOCOLS = {
+    "dsa": EvalProtocol("dsa"),
+    "plain": EvalProtocol("plain", augment="shift", dsa="none"),
+    "idc": EvalProtocol("idc", epochs=1000, batch=64, milestones=(2 / 3, 5 / 6), gamma=0.2,
+                        dsa="color_crop_flip_scale_rotate", dsa_mode="idc", cutmix=0.5),
+    "paper": EvalProtocol("paper", milestones=()),
+}
+#: What every command reports unless told otherwise: two protocols that rank sets differently.
+DEFAULT_PROTOCOLS = ("plain", "dsa")
+
+
+def protocol(name: str, **changes) -> EvalProtocol:
+    """The named evaluation protocol, with ``changes`` (e.g. ``epochs``, ``repeats``, ``model``)."""
+    if name not in PROTOCOLS:
+        raise UDDError(f"unknown evaluation protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return replace(PROTOCOLS[name], **{k: v for k, v in changes.items() if v is not None})
 
 
 def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: EvalProtocol, seed: int = 0,
                    device="cpu", progress: bool = False):
     """Train one fresh network on (x, y) (pixel space); return its test accuracy in percent and the network."""
     torch.manual_seed(seed)
+    proto = replace(proto, precision=resolve_precision(proto.precision, torch.device(device).type))
     net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=proto.lr, momentum=proto.momentum, weight_decay=proto.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [proto.epochs // 2], 0.1)
-    dsa = DSA(proto.dsa, mode="single", flip=test.flip)
-    x, y = test.normalize(x.to(device)), y.to(device)
-    for _ in tqdm(range(proto.epochs), desc="evaluate", disable=not progress, leave=False):
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(m * proto.epochs) for m in proto.milestones],
+                                                 proto.gamma)
+    dsa = DSA(proto.dsa, mode=proto.dsa_mode, flip=test.flip)
+    x, y = x.to(device), y.to(device)
+    for _ in tqdm(range(proto.epochs), desc=f"evaluate ({proto.name})", disable=not progress, leave=False):
         for idx in torch.randperm(len(y), device=device).split(proto.batch):
-            loss = F.cross_entropy(net(dsa(x[idx])), y[idx])
+            xb, target = x[idx], F.one_hot(y[idx], test.num_classes).float()
+            if proto.augment == "shift":
+                xb = random_shift(xb, proto.shift)
+            xb = test.normalize(xb)
+            if proto.augment == "dsa":
+                xb = dsa(xb)
+            if proto.cutmix and torch.rand(()) < proto.cutmix:
+                xb, target = cutmix(xb, y[idx], test.num_classes)
+            with autocast(xb.device.type, proto.precision):
+                logits = net(xb)
+            loss = torch.sum(-target * F.log_softmax(logits.float(), 1), 1).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
         sched.step()
-    return accuracy(net, test, device), net
+    return accuracy(net, test, device, proto.precision), net
 
 
 @torch.no_grad()
-def accuracy(net, test: RealData, device="cpu", batch: int = 1000) -> float:
+def accuracy(net, test: RealData, device="cpu", precision: str = "fp32", batch: int = 1000) -> float:
     net.eval()
     correct = 0
     for xs, ys in zip(test.images.split(batch), test.labels.split(batch)):
-        correct += (net(test.normalize(xs.to(device))).argmax(1) == ys.to(device)).sum().item()
+        with autocast(torch.device(device).type, precision):
+            logits = net(test.normalize(xs.to(device)))
+        correct += (logits.argmax(1) == ys.to(device)).sum().item()
     net.train()
     return 100.0 * correct / len(test.labels)
 
@@ -73,7 +148,8 @@ def evaluate_images(x, y, test: RealData, proto: EvalProtocol = EvalProtocol(), 
     t = torch.tensor(accs)
     return {"mean": t.mean().item(), "std": t.std(unbiased=False).item() if len(accs) > 1 else 0.0,
             "accs": accs, "train_images": int(len(y)), "mue": sum(mues) / len(mues),
-            "wall_s": time.time() - start, "protocol": asdict(proto)}
+            "wall_s": time.time() - start, "protocol": asdict(proto),
+            "precision": resolve_precision(proto.precision, torch.device(device).type)}
 
 
 def evaluate(synset: SyntheticSet, test: RealData, proto: EvalProtocol = EvalProtocol(), expand: bool | None = None,
@@ -81,6 +157,23 @@ def evaluate(synset: SyntheticSet, test: RealData, proto: EvalProtocol = EvalPro
     """Evaluate ``synset`` on its training set (its recorded form unless ``expand`` overrides)."""
     x, y = synset.training_set(expand)
     return evaluate_images(x, y, test, proto, device, seed, progress)
+
+
+def moved(synset: SyntheticSet, init: SyntheticSet) -> float:
+    """How far distillation moved the stored images from their initialisation: mean |S - S_init| in pixels."""
+    return (synset.images - init.images).abs().mean().item()
+
+
+def evaluate_against_init(synset: SyntheticSet, init: SyntheticSet, test: RealData, protocols, expand=None,
+                          device="cpu", progress: bool = True) -> dict:
+    """A distilled set beside its own initialisation (same form), under each protocol: ``{name: {"set",
+    "init", "gain"}}`` (gain: difference of the mean accuracies, in points), plus ``"moved"``."""
+    out = {"moved": moved(synset, init)}
+    for proto in protocols:
+        r = evaluate(synset, test, proto, expand, device, progress=progress)
+        r0 = evaluate(init, test, proto, expand, device, progress=progress)
+        out[proto.name] = {"set": r, "init": r0, "gain": r["mean"] - r0["mean"]}
+    return out
 
 
 def random_coreset(data: RealData | FolderData, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

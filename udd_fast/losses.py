@@ -41,6 +41,27 @@ def distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor], metric: str 
 PRECISIONS = ("fp32", "bf16")
 
 
+def bf16_is_fast(device_type: str) -> bool:
+    """Whether bfloat16 matmuls and convolutions run on hardware units here: a CUDA GPU with bf16, or a CPU with
+    AMX or AVX-512 BF16 (read from /proc/cpuinfo; elsewhere bf16 is emulated and slower than fp32)."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto``: bf16 where :func:`bf16_is_fast`, else fp32; other precisions as given."""
+    if precision == "auto":
+        return "bf16" if bf16_is_fast(device_type) else "fp32"
+    if precision not in PRECISIONS:
+        raise UDDError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)} or auto")
+    return precision
+
+
 def autocast(device_type: str, precision: str = "fp32"):
     """The autocast context of a precision: ``bf16`` runs network passes in bfloat16, ``fp32`` changes nothing."""
     if precision not in PRECISIONS:
@@ -48,9 +69,10 @@ def autocast(device_type: str, precision: str = "fp32"):
     return torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16")
 
 
-def grad_match(model, params: dict, names: list[str], x_real, y_real, x_syn, y_syn, metric: str = "mse",
+def grad_match(model, params: dict, names: list[str], x_real, y_real, x_syn, y_syn, w_syn, metric: str = "mse",
                precision: str = "fp32"):
-    """Matching loss between the CE gradients of real and synthetic batches w.r.t. ``params[names]``.
+    """Matching loss between the CE gradients of real and synthetic batches w.r.t. ``params[names]``; the
+    synthetic batch's CE is weighted per image by ``w_syn`` (summing to 1; uniform: the plain batch mean).
 
     A pure function of (parameters, real batch, synthetic batch) built from ``torch.func``, so
     ``torch.func.vmap`` batches it over classes. Pass detached ``params``: the graph then reaches only
@@ -60,14 +82,16 @@ def grad_match(model, params: dict, names: list[str], x_real, y_real, x_syn, y_s
     """
     frozen = {n: p for n, p in params.items() if n not in names}
 
-    def ce(matched, x, y):
+    def ce(matched, x, y, w=None):
         with autocast(x.device.type, precision):
             logits, emb = functional_call(model, {**frozen, **matched}, (x,), {"features": True})
-        return F.cross_entropy(logits.float(), y), emb.float()
+        if w is None:
+            return F.cross_entropy(logits.float(), y), emb.float()
+        return (F.cross_entropy(logits.float(), y, reduction="none") * w).sum(), emb.float()
 
     matched = {n: params[n] for n in names}
     g_real, _ = grad(ce, has_aux=True)(matched, x_real, y_real)
-    g_syn, emb = grad(ce, has_aux=True)(matched, x_syn, y_syn)
+    g_syn, emb = grad(ce, has_aux=True)(matched, x_syn, y_syn, w_syn)
     return distance([g_real[n] for n in names], [g_syn[n] for n in names], metric), emb
 
 

@@ -28,34 +28,19 @@ def candidate_windows(groups=(1 / 3, 1 / 2, 2 / 3)) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def grid_windows(factor: int) -> torch.Tensor:
-    """The ``factor x factor`` tiles of an image, row-major: the sub-images of a multi-formation image."""
-    s = torch.arange(factor, dtype=torch.float32) / factor
-    y0, x0 = torch.meshgrid(s, s, indexing="ij")
-    y0, x0 = y0.flatten(), x0.flatten()
-    return torch.stack([y0, x0, y0 + 1 / factor, x0 + 1 / factor], 1)
-
-
-def decode(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """Multi-formation decode: each image's ``factor**2`` tiles upsampled to full size, b-major."""
-    if factor == 1:
-        return images
-    tiles = grid_windows(factor).to(images.device)
-    index = torch.arange(factor * factor, device=images.device).expand(images.shape[0], -1)
-    return ops.crop_resize(images, tiles, index)
-
-
 @dataclass(frozen=True)
 class RegionConfig:
     """How underutilized windows are found: ``policy`` None turns regions off (IDC-style matching)."""
 
-    policy: str | None = "activation"
+    policy: str | None = "jitter"        # the paper's main results use the jitter policy
     groups: tuple[float, ...] = (1 / 3, 1 / 2, 2 / 3)
     p: int = 8
     m: int = 2
     jitter_strength: float = 0.1
     jitter_kind: str = "gaussian"
     layer: int = -1
+    crop_share: float | None = None       # weight of an image's P crops in the synthetic batch's loss, together;
+                                          # None: every image of the batch weighs the same (crops: P / (P + 1))
 
     def __post_init__(self):
         n = 4 * len(self.groups)
@@ -66,6 +51,8 @@ class RegionConfig:
                            "lower --p or add window groups")
         if self.m < 1:
             raise UDDError(f"the jitter policy needs M >= 1 jittered copies, got {self.m}")
+        if self.crop_share is not None and not 0 <= self.crop_share < 1:
+            raise UDDError(f"crop_share must be in [0, 1), got {self.crop_share}")
 
 
 def check_image_size(size: int, groups) -> None:
@@ -117,6 +104,15 @@ def select_windows(net, x: torch.Tensor, y: torch.Tensor, windows: torch.Tensor,
     else:
         score = _scores(cfg.policy, net, x, y, windows, normalize, cfg, seed)
     return ops.lowest_p(score, cfg.p)
+
+
+def batch_weights(images: int, p: int, crop_share: float | None) -> torch.Tensor:
+    """Loss weights (summing to 1) of one training batch ``[images ; their P crops each]``: the crops of an
+    image share ``crop_share`` of its weight (``None``: every entry the same, a plain batch mean)."""
+    if p == 0 or crop_share is None:
+        return torch.full((images * (1 + p),), 1 / (images * (1 + p)))
+    return torch.cat([torch.full((images,), (1 - crop_share) / images),
+                      torch.full((images * p,), crop_share / (images * p))])
 
 
 def training_batch(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor, groups: int = 1) -> torch.Tensor:

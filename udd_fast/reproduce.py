@@ -1,20 +1,25 @@
 """The experiment harness: distil, evaluate and tabulate the paper's comparisons, resumably.
 
 A *table* is a JSON file (and the markdown rendered from it) holding one result per (IPC, row). Every row is
-written as soon as it is done, and a rerun skips the rows already there, so an interrupted table continues
-where it stopped; a distillation killed half-way continues from its last checkpoint. Rows that evaluate an
-existing set (the expanded form, other architectures) reuse that row's saved synthetic set.
+scored under each evaluation protocol of the table (default ``plain`` and ``dsa``), and every distilled row
+beside its own initialisation, scored the same way: its gain is the difference, and ``moved_px`` says how far
+distillation moved the stored pixels. Every row is written as soon as it is done, and a rerun skips the rows
+already there, so an interrupted table continues where it stopped; a distillation killed half-way continues
+from its last checkpoint. Rows that evaluate an existing set (the expanded form, other architectures) reuse
+that row's saved synthetic set. A *budget* (``cpu-quick`` or ``paper``) fixes the preset every row starts
+from and how the evaluation protocols are shortened for larger sets.
 
 Studies (groups of rows; a row shared by two studies is run once):
 
 - ``main``: paper Table 1 and its ablations: UDD, UDD per policy, UDD without CFC, the IDC-style ablation
-  (no regions, no CFC), the initialisation alone, Herding and Random coresets, beside the paper's numbers.
+  (no regions, no CFC), Herding and Random coresets, beside the paper's numbers.
 - ``forms``: what downstream networks train on (S alone, S expanded by its 12 windows, multi-formation).
 - ``windows``: paper Table 5, the candidate windows: N=4 of each size, N=8, N=12.
 - ``cross-arch``: paper Table 6, the UDD and IDC-style sets evaluated on ConvNet, ResNet18, VGG11, AlexNet.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -30,8 +35,10 @@ from udd_fast.config import CPU_QUICK_NOTES, UDDConfig, preset
 from udd_fast.data import load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
-from udd_fast.evaluate import EvalProtocol, evaluate, evaluate_images, herding_coreset, random_baseline, real_network
-from udd_fast.regions import candidate_windows, decode, select_windows
+from udd_fast.evaluate import (DEFAULT_PROTOCOLS, EvalProtocol, evaluate, evaluate_images, herding_coreset, moved,
+                               protocol, random_baseline, real_network)
+from udd_fast.formation import decode
+from udd_fast.regions import candidate_windows, select_windows
 from udd_fast.synset import SyntheticSet
 
 # Published accuracies (%) by method and IPC: UDD paper Table 1 (DC, IDC and UDD rows as reported there).
@@ -41,27 +48,24 @@ PAPER = {"fashion-mnist": {"Random": {1: 51.4, 10: 73.8, 50: 82.5}, "DC": {1: 70
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """How every row of a table is distilled (a preset) and scored (an evaluation protocol)."""
+class Budget:
+    """How every row of a table is distilled (a preset) and how its evaluation protocols are shortened."""
 
     preset: str
-    evaluation: EvalProtocol
     notes: str
-    larger: tuple[int, dict] | None = None    # from this IPC on, these changes to the evaluation
+    larger: tuple[int, dict] | None = None    # from this IPC on, these changes to every evaluation protocol
 
-    def evaluation_at(self, ipc: int) -> EvalProtocol:
-        return replace(self.evaluation, **self.larger[1]) if self.larger and ipc >= self.larger[0] else self.evaluation
+    def evaluation_at(self, ipc: int) -> dict:
+        return dict(self.larger[1]) if self.larger and ipc >= self.larger[0] else {}
 
 
-PROTOCOLS = {
-    # evaluation costs ~6 ms per training image per epoch on 2 CPU cores: at IPC=10 (400 decoded images) the
-    # IPC=1 protocol would take 35 minutes per row
-    "cpu-quick": Protocol("cpu-quick", EvalProtocol(epochs=300, repeats=3),
-                          CPU_QUICK_NOTES + " Evaluation: 300 epochs, 3 networks at IPC=1; 100 epochs, 2 networks "
-                          "from IPC=10 on (the paper's protocol: 1000 epochs).", (10, {"epochs": 100, "repeats": 2})),
-    "paper": Protocol("paper", EvalProtocol(epochs=1000, repeats=5),
-                      "The UDD paper where it speaks, IDC's public code where it is silent (see udd_fast/config.py); "
-                      "evaluation: ConvNet-3 width 128 with DSA, 1000 epochs, 5 networks. Meant for a GPU."),
+BUDGETS = {
+    # evaluation costs ~1.7 ms per training image per epoch on 2 CPU cores: at IPC=10 (400 decoded images) 300
+    # epochs x 3 networks would take about 10 minutes per protocol and row
+    "cpu-quick": Budget("cpu-quick", CPU_QUICK_NOTES + " Evaluation: every protocol as named at IPC=1; 100 epochs "
+                        "and 2 networks from IPC=10 on.", (10, {"epochs": 100, "repeats": 2})),
+    "paper": Budget("paper", "The `paper` preset: the UDD paper where it speaks, IDC's public code where it is "
+                    "silent (udd_fast/config.py). Meant for a GPU."),
 }
 
 
@@ -86,14 +90,13 @@ def _windows_row(groups: tuple[float, ...], label: str) -> Row:
                changes={"regions": {"groups": groups, "p": max(1, round(8 * len(groups) / 3))}})
 
 
-ROWS = [Row("udd", "UDD (activation policy, P=8, CFC)", paper="UDD"),
+ROWS = [Row("udd", "UDD (jitter policy, P=8, CFC)", paper="UDD"),
+        Row("udd-activation", "UDD, activation policy", changes={"regions": {"policy": "activation"}}),
         Row("udd-gradient", "UDD, gradient policy", changes={"regions": {"policy": "gradient"}}),
-        Row("udd-jitter", "UDD, jitter policy", changes={"regions": {"policy": "jitter"}}),
         Row("udd-vote", "UDD, vote of the three policies", changes={"regions": {"policy": "vote"}}),
         Row("udd-no-cfc", "UDD without CFC", changes={"cfc": False}),
         Row("idc-style", "IDC-style ablation (no regions, no CFC)", changes={"regions": {"policy": None}, "cfc": False},
             paper="IDC"),
-        Row("init-only", "initialisation alone (no distillation)", changes={"outer": 0}),
         Row("herding", "Herding coreset", kind="herding"),
         Row("random", "Random real images", kind="random", paper="Random"),
         Row("udd-f1", "UDD, factor 1: S alone", changes={"factor": 1}),
@@ -107,9 +110,8 @@ ROWS = [Row("udd", "UDD (activation policy, P=8, CFC)", paper="UDD"),
 ROW = {r.key: r for r in ROWS}
 WINDOW_ROWS = [r.key for r in ROWS if r.key.startswith(("udd-n4-", "udd-n8-"))]
 STUDIES = {
-    "main": ["udd", "udd-gradient", "udd-jitter", "udd-vote", "udd-no-cfc", "idc-style", "init-only", "herding",
-             "random"],
-    "forms": ["udd-f1", "udd-f1-expanded", "idc-style-f1", "udd", "idc-style", "init-only", "random"],
+    "main": ["udd", "udd-activation", "udd-gradient", "udd-vote", "udd-no-cfc", "idc-style", "herding", "random"],
+    "forms": ["udd-f1", "udd-f1-expanded", "idc-style-f1", "udd", "idc-style", "random"],
     "windows": WINDOW_ROWS + ["udd"],
     "cross-arch": ["udd", "idc-style"] + [r.key for r in ROWS if "@" in r.key],
 }
@@ -119,10 +121,10 @@ CROSS_ARCH = ("convnet", "resnet18", "vgg11", "alexnet")
 class Table:
     """A results table on disk: ``<path>.json`` (the record) and ``<path>.md`` (rendered from it)."""
 
-    def __init__(self, path: str | os.PathLike, dataset: str, protocol: str, settings: dict):
+    def __init__(self, path: str | os.PathLike, dataset: str, budget: str, settings: dict):
         self.path = Path(path)
         self.json, self.md = self.path.with_suffix(".json"), self.path.with_suffix(".md")
-        head = {"dataset": dataset, "protocol": protocol, "settings": settings}
+        head = {"dataset": dataset, "budget": budget, "settings": settings}
         if self.json.exists():
             self.data = json.loads(self.json.read_text())
             saved = {k: self.data.get(k) for k in head}
@@ -130,7 +132,7 @@ class Table:
                 raise UDDError(f"{self.json} holds a table made with other settings ({saved}); continue it with "
                                "the same ones or choose another --table")
         else:
-            self.data = {**head, "rows": {}, "commands": [], "figures": []}
+            self.data = {**head, "rows": {}, "inits": {}, "commands": [], "figures": []}
 
     def __contains__(self, key: str) -> bool:
         return key in self.data["rows"]
@@ -151,29 +153,34 @@ class Table:
 
 
 class Harness:
-    """Runs the rows of one dataset and protocol into a :class:`Table`; sets and checkpoints go to ``work``."""
+    """Runs the rows of one dataset and budget into a :class:`Table`, scoring each under ``protocols``; sets and
+    checkpoints go to ``work``."""
 
-    def __init__(self, dataset: str, protocol: str = "cpu-quick", work: str | os.PathLike = "runs/reproduce",
+    def __init__(self, dataset: str, budget: str = "cpu-quick", work: str | os.PathLike = "runs/reproduce",
                  table: str | os.PathLike | None = None, device: str = "cpu", overrides: dict | None = None,
-                 eval_overrides: dict | None = None, data_root: str | None = None, progress: bool = True):
-        if protocol not in PROTOCOLS:
-            raise UDDError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-        self.dataset, self.protocol, self.device, self.progress = dataset, PROTOCOLS[protocol], device, progress
+                 eval_overrides: dict | None = None, data_root: str | None = None, progress: bool = True,
+                 protocols=DEFAULT_PROTOCOLS):
+        if budget not in BUDGETS:
+            raise UDDError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+        self.dataset, self.budget, self.device, self.progress = dataset, BUDGETS[budget], device, progress
         self.overrides = overrides or {}
         self.eval_overrides = eval_overrides or {}
-        self.work = Path(work) / f"{dataset}-{protocol}"
-        settings = {"overrides": self.overrides, "evaluation": asdict(self.evaluation_at(1)),
-                    "larger": self.protocol.larger}
-        self.table = Table(table or self.work / "table", dataset, protocol, settings)
+        self.protocols = list(protocols)
+        self.work = Path(work) / f"{dataset}-{budget}"
+        settings = json.loads(json.dumps({"overrides": self.overrides, "larger": self.budget.larger,
+                                          "protocols": {n: asdict(p) for n, p in self.evaluations(1).items()}}))
+        self.table = Table(table or self.work / "table", dataset, budget, settings)
         self.train = load_dataset(dataset, True, data_root)
         self.test = load_dataset(dataset, False, data_root)
 
-    def evaluation_at(self, ipc: int) -> EvalProtocol:
-        """The protocol's evaluation at ``ipc``, with the overrides."""
-        return replace(self.protocol.evaluation_at(ipc), **self.eval_overrides)
+    def evaluations(self, ipc: int, model: str | None = None) -> dict[str, EvalProtocol]:
+        """The table's evaluation protocols at ``ipc`` (the budget's changes, then the overrides), by name."""
+        arch = {"model": model, "width": None} if model else {}
+        return {n: protocol(n, **{**self.budget.evaluation_at(ipc), **self.eval_overrides, **arch})
+                for n in self.protocols}
 
     def config(self, ipc: int, row: Row) -> UDDConfig:
-        cfg = preset(self.protocol.preset, self.dataset, ipc).replace(**self.overrides)
+        cfg = preset(self.budget.preset, self.dataset, ipc).replace(**self.overrides)
         return cfg.replace(**row.changes).replace(checkpoint_every=1)
 
     def run(self, ipcs, keys) -> Table:
@@ -208,11 +215,14 @@ class Harness:
             draw(*args, path, **kw)
             made.append({"file": path.name, "caption": caption})
 
-        points = [{"label": k.split("/", 1)[1], "mue": r["mue"], "mean": r["mean"], "std": r["std"],
-                   "group": f"IPC={r['ipc']}"} for k, r in self.table.data["rows"].items() if "@" not in k]
+        first = self.protocols[0]
+        points = [{"label": k.split("/", 1)[1], "mue": r["mue"], "mean": r["eval"][first]["mean"],
+                   "std": r["eval"][first]["std"], "group": f"IPC={r['ipc']}"}
+                  for k, r in self.table.data["rows"].items() if "@" not in k and first in r["eval"]]
         if points:
-            add("acc-vs-mue", "Accuracy against mUE of every row's training images (paper Fig. 7).",
-                figures.accuracy_vs_mue, points, title=f"{self.dataset}, {self.table.data['protocol']} protocol")
+            add("acc-vs-mue", f"Accuracy (`{first}` protocol) against mUE of every row's training images (paper "
+                "Fig. 7).", figures.accuracy_vs_mue, points,
+                title=f"{self.dataset}, {self.table.data['budget']} budget, {first} evaluation")
         udd, idc = ROW["udd"], ROW["idc-style"]
         for ipc in ipcs:
             if self.set_path(ipc, udd).exists() and self.set_path(ipc, idc).exists():
@@ -241,45 +251,62 @@ class Harness:
             return self.table[key]
         if self.progress:
             print(f"[{key}] {row.label}", flush=True)
-        proto = self.evaluation_at(ipc)
-        if row.model:
-            proto = replace(proto, model=row.model, width=None)
+        protos = self.evaluations(ipc, row.model)
         record = {"label": row.label, "ipc": ipc, "paper": PAPER.get(self.dataset, {}).get(row.paper, {}).get(ipc),
                   "paper_method": row.paper}
+        start = time.time()
         if row.kind == "random":
-            scored = random_baseline(self.train, self.test, ipc, proto, self.device)
+            record["eval"] = {n: _scores(random_baseline(self.train, self.test, ipc, p, self.device))
+                              for n, p in protos.items()}
         elif row.kind == "herding":
-            start = time.time()
             x, y = herding_coreset(self.train, ipc)
-            scored = evaluate_images(x, y, self.test, proto, self.device, progress=self.progress)
-            record["selection_wall_s"] = time.time() - start - scored["wall_s"]
+            record["selection_wall_s"] = time.time() - start
+            start = time.time()
+            record["eval"] = {n: _scores(evaluate_images(x, y, self.test, p, self.device, progress=self.progress))
+                              for n, p in protos.items()}
         else:
             source = ROW[row.source] if row.source else row
             if source is not row:
                 self.result(ipc, source)  # the set's own row first, so its distillation is on record
-            syn, made = self.synthetic_set(ipc, source)
-            scored = evaluate(syn, self.test, proto, row.expand or None, self.device, progress=self.progress)
+            syn, init, made = self.synthetic_set(ipc, source)
             if source is row:
                 record.update(made)
-            record.update(set=str(self.set_path(ipc, source)), source=source.key,
+                start = time.time()
+            expand = row.expand or None
+            record["eval"] = {n: _scores(evaluate(syn, self.test, p, expand, self.device, progress=self.progress))
+                              for n, p in protos.items()}
+            record["init"] = {n: self.init_score(init, expand, p) for n, p in protos.items()}
+            record["gain"] = {n: record["eval"][n]["mean"] - record["init"][n]["mean"] for n in protos}
+            record.update(moved_px=moved(syn, init), set=str(self.set_path(ipc, source)), source=source.key,
                           form=(replace(syn, expand=True) if row.expand else syn).form())
-        record.update(scored)
-        record["eval_wall_s"] = record.pop("wall_s")
+        first = record["eval"][self.protocols[0]]
+        record.update(train_images=first["train_images"], mue=first["mue"], eval_wall_s=time.time() - start)
         self.table.put(key, record)
         if self.progress:
-            print(f"[{key}] {record['mean']:.2f} ± {record['std']:.2f} % on {record['train_images']} images",
-                  flush=True)
+            print(f"[{key}] " + ", ".join(f"{n} {_cell(r)} %" for n, r in record["eval"].items())
+                  + f" on {record['train_images']} images", flush=True)
         return record
+
+    def init_score(self, init: SyntheticSet, expand: bool | None, proto: EvalProtocol) -> dict:
+        """An initialisation's score under ``proto``, computed once per distinct initialisation and protocol (every
+        row starting from the same images shares it) and kept in the table."""
+        digest = hashlib.sha256(init.images.numpy().tobytes()).hexdigest()[:16]
+        key = f"{digest}/factor{init.factor}/{'expanded' if expand else 'as-is'}/{json.dumps(asdict(proto))}"
+        cache = self.table.data.setdefault("inits", {})
+        if key not in cache:
+            cache[key] = _scores(evaluate(init, self.test, proto, expand, self.device, progress=self.progress))
+        return cache[key]
 
     def set_path(self, ipc: int, row: Row) -> Path:
         return self.work / f"ipc{ipc}" / row.key / "synset.safetensors"
 
-    def synthetic_set(self, ipc: int, row: Row) -> tuple[SyntheticSet, dict]:
-        """The row's distilled set, distilling it (or continuing its checkpoint) unless it is saved."""
+    def synthetic_set(self, ipc: int, row: Row) -> tuple[SyntheticSet, SyntheticSet, dict]:
+        """The row's distilled set and its initialisation, distilling it (or continuing its checkpoint) unless it
+        is saved."""
         path = self.set_path(ipc, row)
-        made = path.parent / "made.json"
-        if path.exists() and made.exists():
-            return SyntheticSet.load(path), json.loads(made.read_text())
+        made, init = path.parent / "made.json", path.with_name("init.safetensors")
+        if path.exists() and made.exists() and init.exists():
+            return SyntheticSet.load(path), SyntheticSet.load(init), json.loads(made.read_text())
         cfg = self.config(ipc, row)
         distiller = Distiller(self.train, cfg, self.device, path.parent)
         resume = (path.parent / "checkpoint.pt").exists() or (path.parent / "checkpoint.prev.pt").exists()
@@ -289,7 +316,7 @@ class Harness:
         info = {"distill_wall_s": time.time() - start, "resumed": resume, "config": json.loads(cfg.to_json()),
                 **distiller.memory}
         made.write_text(json.dumps(info))
-        return syn, info
+        return syn, distiller.init_set, info
 
     def window_figure_inputs(self, ipc: int, row: Row, per_class: int = 1, classes: int = 4):
         """For a few decoded images of ``row``'s set: the images, their activation maps and their chosen
@@ -314,32 +341,38 @@ def machine() -> str:
     return f"{gpu or 'CPU'}; {len(os.sched_getaffinity(0))} CPU cores; torch {torch.__version__}; {platform.platform()}"
 
 
+def _scores(result: dict) -> dict:
+    """What a table keeps of an evaluation (its protocol is in the table's settings)."""
+    return {k: result[k] for k in ("mean", "std", "accs", "train_images", "mue", "wall_s")}
+
+
 def _cell(r: dict | None) -> str:
     return "—" if r is None else f"{r['mean']:.2f} ± {r['std']:.2f}"
 
 
 def render(data: dict) -> str:
     """The markdown of a table record."""
-    proto = PROTOCOLS[data["protocol"]]
-    ev = data["settings"]["evaluation"]
-    rows = data["rows"]
+    settings, rows = data["settings"], data["rows"]
+    names = list(settings["protocols"])
     ipcs = sorted({r["ipc"] for r in rows.values()})
-    out = [f"# {data['dataset']}: the `{data['protocol']}` protocol", ""]
+    out = [f"# {data['dataset']}: the `{data['budget']}` budget", ""]
     for c in data["commands"]:
         end = f"finished {c['finished']}" if "finished" in c else "interrupted or still running"
         out.append(f"- `{c['command']}` (started {c['started']}, {end}; {c['machine']})")
-    out += ["", f"**Protocol.** {proto.notes}", ""]
-    if data["settings"]["overrides"]:
-        out += [f"**Overrides of the protocol:** `{json.dumps(data['settings']['overrides'])}`", ""]
-    out += [f"**Evaluation.** {ev['model']} (width {ev['width'] or 'standard'}), {ev['epochs']} epochs, SGD lr "
-            f"{ev['lr']} (x0.1 at half), momentum {ev['momentum']}, weight decay {ev['weight_decay']}, batch "
-            f"{ev['batch']}, DSA `{ev['dsa']}`; the whole test split; mean ± std over {ev['repeats']} networks "
-            "(Random: that many selections, one network each). mUE: mean utilization entropy of the training "
-            "images under the evaluation networks (udd_fast/metrics.py). Wall times: seconds on the machine above.",
+    out += ["", f"**Budget.** {BUDGETS[data['budget']].notes}", ""]
+    if settings["overrides"]:
+        out += [f"**Overrides of the budget's preset:** `{json.dumps(settings['overrides'])}`", ""]
+    out += ["**Evaluation protocols** (udd_fast/evaluate.py), each on the whole test split:", ""]
+    out += [f"- {EvalProtocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in p.items()}).describe()}"
+            for p in settings["protocols"].values()]
+    out += ["", "Every distilled row is scored beside its own initialisation (`init`, the same images before "
+            "distillation, in the same form) under the same protocol; `gain` is the difference of the means, "
+            "`moved` the mean |S - S_init| of the stored pixels. mUE: the paper's Appendix E metric of the training "
+            f"images under the `{names[0]}` networks (udd_fast/metrics.py). Wall times: seconds on the machine above.",
             ""]
-    larger = data["settings"].get("larger")
+    larger = settings.get("larger")
     if larger:
-        out += [f"From IPC={larger[0]} on, the evaluation changes: `{json.dumps(larger[1])}`.", ""]
+        out += [f"From IPC={larger[0]} on, every protocol changes: `{json.dumps(larger[1])}`.", ""]
 
     def own(key: str, r: dict) -> bool:  # the row distilled its own set (not another row's)
         return r.get("source") in (None, key.split("/", 1)[1])
@@ -349,9 +382,9 @@ def render(data: dict) -> str:
     out += [f"Total wall time of the rows: {total / 60:.1f} minutes.", ""]
     for ipc in ipcs:
         mine = {k.split("/", 1)[1]: r for k, r in rows.items() if r["ipc"] == ipc}
-        out += [f"## IPC={ipc}", "",
-                "| set | training images | accuracy % | mUE | distillation s | evaluation s | paper % |",
-                "|---|---|---|---|---|---|---|"]
+        head = "".join(f" {n} % | init | gain |" for n in names)
+        out += [f"## IPC={ipc}", "", f"| set | training images |{head} moved px | mUE | distillation s | paper % |",
+                "|---|---|" + "---|---|---|" * len(names) + "---|---|---|---|"]
         for key, r in mine.items():
             if "@" in key:
                 continue
@@ -361,27 +394,35 @@ def render(data: dict) -> str:
                 distill = f"{r['selection_wall_s']:.0f} (selection)"
             else:
                 distill = f"{r['distill_wall_s']:.0f}" if "distill_wall_s" in r else "—"
+            cells = "".join(f" **{_cell(r['eval'].get(n))}** | {_cell(r.get('init', {}).get(n))} | "
+                            f"{r['gain'][n]:+.2f} |" if "gain" in r else f" **{_cell(r['eval'].get(n))}** | — | — |"
+                            for n in names)
             paper = f"{r['paper']} ({r['paper_method']})" if r.get("paper") is not None else ""
-            out.append(f"| {r['label']} | {r['train_images']} | **{_cell(r)}** | {r['mue']:.3f} | {distill} | "
-                       f"{r['eval_wall_s']:.0f} | {paper} |")
+            moved_px = f"{r['moved_px']:.4f}" if "moved_px" in r else "—"
+            out.append(f"| {r['label']} | {r['train_images']} |{cells} {moved_px} | {r['mue']:.3f} | {distill} | "
+                       f"{paper} |")
         for method in ("DC", "Full dataset"):
             value = PAPER.get(data["dataset"], {}).get(method, {}).get(ipc)
             if value is not None:
-                out.append(f"| {method} (paper only; not run here) | | | | | | {value} |")
+                out.append(f"| {method} (paper only; not run here) | |" + " | | |" * len(names) + f" | | | {value} |")
         missing = [k for k in STUDIES["main"] if k not in mine]
         out += ["", f"Rows of the `main` study not run yet at this IPC: {', '.join(f'`{k}`' for k in missing)}.", ""] \
             if missing else [""]
         if "udd" in mine and "idc-style" in mine:
-            gap = mine["udd"]["mean"] - mine["idc-style"]["mean"]
-            verdict = "beats" if gap > 0 else "does not beat"
-            out += [f"UDD {verdict} the IDC-style ablation at this budget: {gap:+.2f} points (means; "
-                    f"std {mine['udd']['std']:.2f} and {mine['idc-style']['std']:.2f}).", ""]
+            for n in names:
+                a, b = mine["udd"]["eval"].get(n), mine["idc-style"]["eval"].get(n)
+                if a and b:
+                    gap = a["mean"] - b["mean"]
+                    verdict = "beats" if gap > 0 else "does not beat"
+                    out += [f"UDD {verdict} the IDC-style ablation under `{n}` at this budget: {gap:+.2f} points "
+                            f"(means; std {a['std']:.2f} and {b['std']:.2f}).", ""]
         arch = {k: r for k, r in mine.items() if "@" in k}
         if arch:
-            out += [f"### Cross-architecture, IPC={ipc}", "", "| set | " + " | ".join(CROSS_ARCH) + " |",
-                    "|---|" + "---|" * len(CROSS_ARCH)]
+            out += [f"### Cross-architecture, IPC={ipc} (`{names[0]}` protocol on each network)", "",
+                    "| set | " + " | ".join(CROSS_ARCH) + " |", "|---|" + "---|" * len(CROSS_ARCH)]
             for src in sorted({k.split("@")[0] for k in arch}):
-                cells = [_cell(mine.get(src if a == "convnet" else f"{src}@{a}")) for a in CROSS_ARCH]
+                cells = [_cell((mine.get(src if a == "convnet" else f"{src}@{a}") or {}).get("eval", {}).get(names[0]))
+                         for a in CROSS_ARCH]
                 out.append(f"| {src} | " + " | ".join(cells) + " |")
             out += [""]
     for fig in data.get("figures", []):

@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from udd_fast.errors import UDDError
-from udd_fast.regions import candidate_windows, decode, training_batch
+from udd_fast.formation import decode
+from udd_fast.regions import candidate_windows, training_batch
 
 
 @dataclass
@@ -88,14 +89,3 @@ class SyntheticSet:
         x = F.interpolate(x[order].float().clamp(0, 1), scale_factor=scale, mode="nearest")
         save_image(x, str(path), nrow=per_row, padding=2, pad_value=1.0)
 
-
-def mix_init(real: torch.Tensor, factor: int) -> torch.Tensor:
-    """IDC's multi-formation initialisation: tile ``factor**2`` real images, each downsampled by ``factor``,
-    into one image. ``real`` is (B * factor**2, C, H, W), grouped per output image; returns (B, C, H, W)."""
-    if factor == 1:
-        return real.clone()
-    n, c, h, w = real.shape
-    small = F.interpolate(real, size=(h // factor, w // factor), mode="area")
-    small = small.view(n // factor ** 2, factor, factor, c, h // factor, w // factor)
-    tiled = small.permute(0, 3, 1, 4, 2, 5).reshape(n // factor ** 2, c, h - h % factor, w - w % factor)
-    return F.interpolate(tiled, size=(h, w), mode="nearest") if h % factor or w % factor else tiled
