@@ -57,11 +57,26 @@ def test_full_loop_with_cfc_factor_and_checkpoint(tmp_path):
     assert torch.equal(loaded.images, syn.images)
 
 
-def test_cpu_quick_scales_steps_with_ipc():
+def test_presets_follow_idc_code_and_the_paper():
+    """idc: IDC's reproduce settings and tune_lr_img; paper: UDD's stated settings on that step; cpu-quick: its
+    budget."""
+    idc = preset("idc", "fashion-mnist", 1)
+    assert idc.lr_img == pytest.approx(1e-4 * 1 / 10 * (28 / 32) ** 2)  # 7.656e-6 per pixel, per class step
+    assert (idc.metric, idc.factor, idc.outer, idc.inner, idc.init, idc.lr_decay) == ("l1", 2, 2000, 100, "first", ())
+    assert (idc.net_batch, idc.net_batches, idc.mom_img, idc.regions.policy, idc.cfc) == (64, 8, 0.5, None, False)
+    assert preset("idc", "mnist", 10).lr_img == pytest.approx(1e-4)  # MNIST's base size is 28
+    cifar = preset("idc", "cifar10", 50)
+    assert (cifar.metric, cifar.lr_img, cifar.net_batches) == ("mse", pytest.approx(5e-3 * 5), 32)
+    assert preset("idc", "imagefolder", 10, size=224, num_classes=100).lr_img == pytest.approx(1e-3)
+    paper = preset("paper", "cifar10", 10)
+    assert (paper.regions.policy, paper.regions.p, paper.regions.m, paper.lam, paper.lr_decay) == (
+        "jitter", 8, 2, 1.0, (0.6, 0.8, 0.9))
+    assert (paper.outer, paper.inner, paper.lr_img, paper.regions.crop_share) == (2000, 100, 5e-3, None)
     steps = {ipc: (preset("cpu-quick", "fashion-mnist", ipc).outer, preset("cpu-quick", "fashion-mnist", ipc).inner)
              for ipc in (1, 10, 50)}
-    assert steps == {1: (4, 30), 10: (2, 6), 50: (2, 6)}
-    assert (preset("paper", "fashion-mnist", 10).outer, preset("paper", "fashion-mnist", 10).inner) == (2000, 100)
+    assert steps == {1: (3, 100), 10: (2, 20), 50: (2, 20)}
+    quick = preset("cpu-quick", "fashion-mnist", 1)
+    assert quick.lr_img == pytest.approx(3 * idc.lr_img) and quick.regions.crop_share == 0.2 and quick.width == 64
 
 
 @pytest.mark.parametrize("outer, at, halvings", [(1, 0, 0), (2, 1, 3), (10, 5, 0), (10, 6, 1), (10, 8, 2), (10, 9, 3)])
@@ -95,6 +110,14 @@ def test_configuration_errors():
         preset("fast-please", "fashion-mnist", 1)
     with pytest.raises(UDDError, match="net_on"):
         UDDConfig(net_on="imaginary")
+    with pytest.raises(UDDError, match="lr_img must be > 0"):
+        UDDConfig(lr_img=-1e-4)
+    with pytest.raises(UDDError, match="outer must be >= 0"):
+        UDDConfig(outer=-1)
+    with pytest.raises(UDDError, match="init must be one of"):
+        UDDConfig(init="zeros")
+    with pytest.raises(UDDError, match="crop_share"):
+        RegionConfig(crop_share=1.0)
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]

@@ -98,7 +98,8 @@ def test_resumes_instead_of_recomputing(tmp_path, monkeypatch):
 def test_studies_and_errors(tmp_path):
     assert all(k in ROW for keys in STUDIES.values() for k in keys)
     quick = reproduce.BUDGETS["cpu-quick"]
-    assert quick.evaluation_at(1) == {} and quick.evaluation_at(10) == {"epochs": 100, "repeats": 2}
+    assert quick.evaluation_at(1) == {"precision": "auto"}
+    assert quick.evaluation_at(10) == {"precision": "auto", "epochs": 100, "repeats": 2}
     h = harness(tmp_path, "cpu-quick")
     assert h.evaluations(10)["plain"].epochs == 1 and h.evaluations(1)["dsa"].repeats == 2  # overrides come last
     assert h.evaluations(1, "alexnet")["plain"].model == "alexnet"

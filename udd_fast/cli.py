@@ -198,7 +198,9 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
     common(d)
     d.add_argument("--ipc", type=int, required=True, help="synthetic images per class")
-    d.add_argument("--preset", choices=PRESETS, default="cpu-quick", help="paper (GPU) or " + CPU_QUICK_NOTES.replace("%", "%%"))
+    d.add_argument("--preset", choices=PRESETS, default="cpu-quick",
+                   help="idc: IDC's condensation; paper: UDD on IDC's step (GPU); cpu-quick: "
+                        + CPU_QUICK_NOTES.replace("%", "%%"))
     d.add_argument("--out", required=True, help="run directory")
     d.add_argument("--policy", choices=[*POLICIES, "none"], help="region policy ('none': IDC-style)")
     d.add_argument("--lowest-p", type=int, help="P: the lowest-scoring windows kept per image (of N=12)")
