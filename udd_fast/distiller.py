@@ -243,6 +243,9 @@ class Distiller:
         cfg = self.cfg
         self.seed()
         state = checkpoint.load(self.out_dir) if resume and self.out_dir else None
+        if state is not None and "init" not in state:
+            raise UDDError(f"the checkpoint in {self.out_dir} was written by an earlier version of udd_fast (it lacks "
+                           "the initialisation); use another --out or delete it to start over")
         init = state["init"].to(self.device) if state else self.init_synthetic()
         self.init_set = self.synthetic_set(init)
         syn = (state["syn"].to(self.device) if state else init.clone()).requires_grad_(True)
