@@ -25,7 +25,7 @@ def extension():
                  and shutil.which("nvcc") is not None and os.environ.get("UDD_FAST_CPU_ONLY") != "1")
     print(f"udd_fast: building the extension with {'CPU and CUDA' if with_cuda else 'CPU only'} kernels")
     if with_cuda:
-        return CUDAExtension("udd_fast._C", sources + cuda_sources, define_macros=[("WITH_CUDA", None)],
+        return CUDAExtension("udd_fast._C", sources + cuda_sources,
                              extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-diag-suppress=3189"]},
                              extra_link_args=["-fopenmp"])
     return CppExtension("udd_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])

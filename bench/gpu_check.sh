@@ -29,7 +29,8 @@ else
     PY=${PY:-python3}
     # build for this GPU only: one arch compiles in about a minute
     export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
-    TESTS="tests/test_crop_resize_ext.py tests/test_kernels_triton.py tests/test_distiller.py tests/test_losses.py"
+    TESTS="tests/test_crop_resize_ext.py tests/test_window_pool.py tests/test_jitter_score.py tests/test_jitter_copies.py
+           tests/test_ops.py tests/test_distiller.py tests/test_losses.py"
     BENCH=""
     DISTILL="--outer 2 --inner 100 --repeats 3"
 fi

@@ -11,15 +11,15 @@ only the reference runs (the Triton interpreter is a correctness tool, not a spe
   gradient 3x224x224 (B = 20).
 
 ``jitter+score`` times one jitter policy step without the network: M jittered copies of the input images
-(``jitter``), then ``jitter_score`` on the feature maps of the images and of precomputed jittered features.
+(``jitter_copies``), then ``jitter_score`` on the feature maps of the images and of precomputed jittered features.
 """
 import pytest
 import torch
 
+from timing import DEVICE, timed
 from udd_fast import reference
 from udd_fast.regions import candidate_windows
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 M = 4  # jittered copies
 P = 4  # windows kept per image
 STRENGTH = 0.1
@@ -45,21 +45,6 @@ def implementation(name):
     return kernels
 
 
-def timed(benchmark, fn, images):
-    def run():
-        out = fn()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    run()  # compile / warm caches outside the timed rounds
-    benchmark(run)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None:
-        benchmark.extra_info["ms_per_image"] = stats.stats.mean * 1e3 / images
-    benchmark.extra_info["device"] = DEVICE
-
-
 @pytest.mark.parametrize("impl", ["reference", "triton"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_window_pool(benchmark, case, impl):
@@ -83,7 +68,7 @@ def test_jitter_and_score(benchmark, case, impl):
     win = candidate_windows().to(DEVICE)
 
     def step():
-        copies = ops.jitter(images, M, STRENGTH, "gaussian", seed=0)
+        copies = ops.jitter_copies(images, M, STRENGTH, "gaussian", seed=0)
         return copies, ops.jitter_score(fmap, jittered, win, P, mode)
 
     timed(benchmark, step, b)

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from timing import DEVICE, synced
 from udd_fast import ops
 from udd_fast.models import build_model
 from udd_fast.regions import RegionConfig, candidate_windows, select_windows
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = {"cifar-convnet3": ("convnet", 10, 32), "imagenet-resnetap10": ("resnetap10", 2, 224)}
 POLICIES = ("activation", "gradient", "jitter")
 
@@ -37,7 +37,7 @@ def naive_scores(policy, net, x, y, windows, cfg: RegionConfig):
         else:
             with torch.no_grad():
                 base = net.feature_maps(crop)[-1].mean((1, 2, 3))
-                noisy = ops.jitter(crop, cfg.m, cfg.jitter_strength, cfg.jitter_kind, seed=n).flatten(0, 1)
+                noisy = ops.jitter_copies(crop, cfg.m, cfg.jitter_strength, cfg.jitter_kind, seed=n).flatten(0, 1)
                 shifted = net.feature_maps(noisy)[-1].mean((1, 2, 3)).view(cfg.m, -1).mean(0)
                 scores.append((base - shifted).abs())
     return ops.lowest_p(torch.stack(scores, 1), cfg.p)
@@ -67,12 +67,7 @@ def test_region_search(benchmark, case, policy, scheme):
         def fn():
             return naive_scores(policy, net, x, y, windows, cfg)
 
-    def run():
-        out = fn()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        return out
-
+    run = synced(fn)
     benchmark.group = f"region search {policy} {case} {DEVICE}"
     benchmark.extra_info.update(device=DEVICE, images=b, backend=ops.get_backend())
     benchmark.pedantic(run, rounds=3, warmup_rounds=1)

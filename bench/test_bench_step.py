@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
+from timing import DEVICE, sync
 from udd_fast import Distiller, RealData, RegionConfig, UDDConfig
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # case -> (ipc, ConvNet width)
 CASES = {"fmnist-ipc10-w128": (10, 128), "fmnist-ipc1-w32": (1, 32)}
 
@@ -26,11 +26,6 @@ def fmnist_like(per_class=100):
 
 def config(ipc, width, **kw):
     return UDDConfig(ipc=ipc, width=width, metric="l1", regions=RegionConfig(policy="activation", p=8), **kw)
-
-
-def sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -49,7 +44,7 @@ def test_inner_step(benchmark, case, step, precision):
 
     def run():
         syn.grad = None
-        d.inner_step(net, syn, bank, step=0)
+        d.matching_gradient(net, syn, bank, step=0)
         sync()
 
     cpu_big = DEVICE == "cpu" and width > 32

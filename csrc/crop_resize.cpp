@@ -1,6 +1,6 @@
 // Schema of the udd_fast ops, argument checks shared by the device kernels, and the Python module
-// `udd_fast._C` (importing it registers everything; the fake implementations live in
-// udd_fast/_extension.py).
+// `udd_fast._C` (importing it registers everything; each device's kernels register themselves in cpu/ and
+// cuda/, the autograd in autograd/, and the fake implementations live in udd_fast/_extension.py).
 #include <Python.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -37,7 +37,7 @@ void check_windows_index(const at::Tensor& data, const at::Tensor& windows, cons
               windows.scalar_type());
   TORCH_CHECK(index.dim() == 2, "crop_resize: index must be (B, P), got ", index.sizes());
   TORCH_CHECK(index.scalar_type() == at::kLong || index.scalar_type() == at::kInt,
-              "crop_resize: index must be int64, got ", index.scalar_type());
+              "crop_resize: index must be int64 or int32, got ", index.scalar_type());
   TORCH_CHECK(windows.device() == data.device() && index.device() == data.device(),
               "crop_resize: images/grad, windows and index must be on one device, got ", data.device(), ", ",
               windows.device(), ", ", index.device());
@@ -46,39 +46,28 @@ void check_windows_index(const at::Tensor& data, const at::Tensor& windows, cons
 
 }  // namespace
 
-Geometry forward_geometry(const at::Tensor& images, const at::Tensor& windows, const at::Tensor& index,
-                          bool with_source) {
-  check_data(images, "images");
-  check_windows_index(images, windows, index);
-  TORCH_CHECK(index.size(0) == images.size(0), "crop_resize: index has ", index.size(0), " rows for ",
-              images.size(0), " images");
-  Geometry g;
-  g.B = images.size(0);
-  g.P = index.size(1);
-  g.C = images.size(1);
-  g.N = windows.size(0);
-  g.H = static_cast<int>(images.size(2));
-  g.W = static_cast<int>(images.size(3));
-  g.with_source = with_source;
-  g.channels_last = prefers_channels_last(images);
-  return g;
-}
-
-Geometry backward_geometry(const at::Tensor& grad, const at::Tensor& windows, const at::Tensor& index,
-                           bool with_source) {
-  check_data(grad, "grad");
-  check_windows_index(grad, windows, index);
+Geometry checked_geometry(const at::Tensor& data, const at::Tensor& windows, const at::Tensor& index,
+                          bool with_source, Pass pass) {
+  const bool forward = pass == Pass::kForward;
+  check_data(data, forward ? "images" : "grad");
+  check_windows_index(data, windows, index);
+  if (forward) {
+    TORCH_CHECK(index.size(0) == data.size(0), "crop_resize: index has ", index.size(0), " rows for ",
+                data.size(0), " images");
+  }
   Geometry g;
   g.B = index.size(0);
   g.P = index.size(1);
-  g.C = grad.size(1);
+  g.C = data.size(1);
   g.N = windows.size(0);
-  g.H = static_cast<int>(grad.size(2));
-  g.W = static_cast<int>(grad.size(3));
+  g.H = static_cast<int>(data.size(2));
+  g.W = static_cast<int>(data.size(3));
   g.with_source = with_source;
-  g.channels_last = prefers_channels_last(grad);
-  TORCH_CHECK(grad.size(0) == g.out_rows(), "crop_resize_backward: grad has ", grad.size(0), " rows, expected ",
-              g.out_rows(), " for index ", index.sizes(), with_source ? " with sources" : "");
+  g.channels_last = prefers_channels_last(data);
+  if (!forward) {
+    TORCH_CHECK(data.size(0) == g.out_rows(), "crop_resize_backward: grad has ", data.size(0),
+                " rows, expected ", g.out_rows(), " for index ", index.sizes(), with_source ? " with sources" : "");
+  }
   return g;
 }
 
@@ -127,38 +116,6 @@ TORCH_LIBRARY(udd_fast, m) {
   m.def("crop_resize(Tensor images, Tensor windows, Tensor index, bool with_source) -> Tensor");
   m.def("crop_resize_backward(Tensor grad, Tensor windows, Tensor index, bool with_source) -> Tensor");
 }
-
-#ifdef WITH_CUDA
-namespace {
-
-at::Tensor crop_resize_forward_cuda_op(const at::Tensor& images, const at::Tensor& windows,
-                                       const at::Tensor& index, bool with_source) {
-  const Geometry g = forward_geometry(images, windows, index, with_source);
-  at::Tensor out = forward_output(images, g);
-  if (out.numel() == 0) return out;
-  crop_resize_forward_cuda(images, prepared_windows(windows, images.scalar_type()), prepared_index(index), g,
-                           out);
-  return out;
-}
-
-at::Tensor crop_resize_backward_cuda_op(const at::Tensor& grad, const at::Tensor& windows,
-                                        const at::Tensor& index, bool with_source) {
-  const Geometry g = backward_geometry(grad, windows, index, with_source);
-  at::Tensor grad_images = backward_output(grad, g);
-  if (grad_images.numel() == 0) return grad_images;
-  at::Tensor table = at::empty({table_bytes(g, grad.scalar_type())}, grad.options().dtype(at::kByte));
-  crop_resize_backward_cuda(grad, prepared_windows(windows, grad.scalar_type()), prepared_index(index), g, table,
-                            grad_images);
-  return grad_images;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(udd_fast, CUDA, m) {
-  m.impl("crop_resize", TORCH_FN(crop_resize_forward_cuda_op));
-  m.impl("crop_resize_backward", TORCH_FN(crop_resize_backward_cuda_op));
-}
-#endif
 
 }  // namespace udd_fast
 

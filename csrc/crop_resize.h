@@ -4,11 +4,14 @@
 //   udd_fast::crop_resize_backward(Tensor grad, Tensor windows, Tensor index, bool with_source) -> Tensor
 //
 // images (B, C, H, W) float32/float64/float16/bfloat16, any strides; windows (N, 4) normalized
-// (y0, x0, y1, x1); index (B, P) int64. Output (B*P, C, H, W) (B + B*P with the sources first when
-// with_source), channels_last when the images are. Sampling: see crop_resize_sampling.h.
+// (y0, x0, y1, x1); index (B, P) int64 or int32 (widened to int64 before the kernels read it). Output
+// (B*P, C, H, W) (B + B*P with the sources first when with_source), channels_last when the images are.
+// Sampling: see crop_resize_sampling.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include "crop_resize_sampling.h"
 
 namespace udd_fast {
 
@@ -34,11 +37,16 @@ struct Geometry {
   int64_t out_rows() const { return source_rows() + crops(); }
 };
 
-// Validate the arguments of the forward / backward op and return their geometry.
-Geometry forward_geometry(const at::Tensor& images, const at::Tensor& windows, const at::Tensor& index,
-                          bool with_source);
-Geometry backward_geometry(const at::Tensor& grad, const at::Tensor& windows, const at::Tensor& index,
-                           bool with_source);
+// Which op's arguments are checked: the forward reads images (B, C, H, W), the backward the gradient of
+// the forward's output (rows as Geometry::out_rows()).
+enum class Pass { kForward, kBackward };
+
+// Validate the arguments of the forward / backward op (`data` is images / grad) and return their geometry.
+Geometry checked_geometry(const at::Tensor& data, const at::Tensor& windows, const at::Tensor& index,
+                          bool with_source, Pass pass);
+
+// Strides of a 4-d tensor as the kernels take them.
+inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 // Windows in the accumulation type (float32, or float64 for float64 data), contiguous; index as
 // contiguous int64.
@@ -51,13 +59,5 @@ at::Tensor backward_output(const at::Tensor& grad, const Geometry& g);
 
 // Bytes of the per-crop axis table of the backward: crops * (H + W) AxisEntry<opmath>.
 int64_t table_bytes(const Geometry& g, at::ScalarType data_type);
-
-#ifdef WITH_CUDA
-// CUDA kernels (cuda/crop_resize_kernel.cu). `out`, `grad_images` and `table` are preallocated.
-void crop_resize_forward_cuda(const at::Tensor& images, const at::Tensor& windows, const at::Tensor& index,
-                              const Geometry& g, const at::Tensor& out);
-void crop_resize_backward_cuda(const at::Tensor& grad, const at::Tensor& windows, const at::Tensor& index,
-                               const Geometry& g, const at::Tensor& table, const at::Tensor& grad_images);
-#endif
 
 }  // namespace udd_fast

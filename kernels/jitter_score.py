@@ -1,10 +1,12 @@
-"""Jitter sensitivity ``sigma = |Lambda - mean_m Lambda_hat_m|`` per window and the lowest-p windows, one kernel.
+"""Fused jitter scoring: one pass gives both the jitter sensitivity ``sigma = |Lambda - mean_m Lambda_hat_m|``
+of every window and the indices of the p lowest-sigma windows of every image.
 
 Pooling is linear in the channel-summed plane, so a program sums ``g(f) - mean_m g(j_m)`` per pixel (g = id
 or |.|; the M+1 maps of one image are read once each) and contracts that single plane with the window
-weights, as in :mod:`window_pool`. The program that completes an image then ranks its N sigmas with an
-N x N comparison (rank of i = #windows that sort before i: lower sigma, or equal sigma and lower index, NaN
-last = ``torch.sort(stable=True)``) and scatters window i to position rank(i) when rank(i) < p.
+weights, as :mod:`window_pool` does (the same helpers, from :mod:`utils`). The program that completes an
+image then ranks its N sigmas with an N x N comparison (rank of i = #windows that sort before i: lower sigma,
+or equal sigma and lower index, NaN last = ``torch.sort(stable=True)``) and scatters window i to position
+rank(i) when rank(i) < p.
 
 Grid ``(B, S)``. Jitter scoring runs on few images with large maps (ResNetAp-10: B = 10..20, M+1 copies of
 512x7x7 or 128x28x28), so an image is cut into S slices when B would leave the GPU idle. Slices write fp64
@@ -17,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .window_pool import NUM_WARPS, _channel_sum, _load_windows, _tile_weights, block_sizes, plan_split, window_table
+from .utils import NUM_WARPS, _channel_sum, _load_windows, _tile_weights, block_sizes, plan_split, window_table
 
 
 @triton.jit
@@ -93,8 +95,10 @@ def _jitter_score_kernel(f_ptr, j_ptr, win_ptr, sigma_ptr, idx_ptr, part_ptr, ti
 def jitter_score(fmap: torch.Tensor, jittered: torch.Tensor, windows: torch.Tensor, p: int,
                  mode: str = "value", *, split: tuple[int, int] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sigma`` (B, N) float32 and the ``p`` lowest-sigma window indices (B, p) int64, ascending, ties to the
-    lower index. ``fmap`` (B, C, h, w), ``jittered`` (M, B, C, h, w); any float dtype and strides.
+    """Fused, one pass: the jitter sensitivity ``sigma`` (B, N) float32 of every window AND the ``p``
+    lowest-sigma window indices (B, p) int64, ascending, ties to the lower index.
+
+    ``fmap`` (B, C, h, w), ``jittered`` (M, B, C, h, w); any float dtype and strides.
     """
     if mode not in ("value", "abs"):
         raise ValueError(f"jitter_score mode must be 'value' or 'abs', got {mode!r}")

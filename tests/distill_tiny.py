@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_distiller import fixed_net_config, tiny_data  # noqa: E402
+from tiny import fixed_net_config, tiny_data  # noqa: E402
 
 from udd_fast import Distiller, RegionConfig  # noqa: E402
 

@@ -85,6 +85,24 @@ def test_bad_inputs_give_one_line_errors():
         load_dataset("imagenet-21k")
     with pytest.raises(UDDError, match=r"\(N, C, H, W\)"):
         RealData.from_tensors(torch.rand(4, 8, 8), torch.arange(4))
+    with pytest.raises(UDDError, match="0..K-1, got -1"):
+        RealData.from_tensors(torch.rand(4, 1, 8, 8), torch.tensor([0, 0, -1, -1]))
+    with pytest.raises(UDDError, match="fractional"):
+        RealData.from_tensors(torch.rand(4, 1, 8, 8), torch.tensor([0.0, 0.5, 1.0, 1.0]))
+    with pytest.raises(UDDError, match=r"\[0, 1\], got 0 .. 255.*divide 0..255 values by 255"):
+        RealData.from_tensors(torch.linspace(0, 255, 256).view(4, 1, 8, 8), torch.arange(4))
+    with pytest.raises(UDDError, match="normalization"):  # already normalized: negative pixels
+        RealData.from_tensors(torch.randn(4, 1, 8, 8), torch.arange(4))
+    with pytest.raises(UDDError, match="no images"):
+        RealData.from_tensors(torch.empty(0, 1, 8, 8), torch.empty(0, dtype=torch.long))
+
+
+def test_uint8_pixels_are_scaled_and_flips_are_opt_in():
+    """uint8 images are read as 0..255; mirroring is off unless the caller says a mirrored image keeps its class
+    (a mirrored digit or letter is another symbol or none)."""
+    d = RealData.from_tensors(torch.full((2, 1, 4, 4), 255, dtype=torch.uint8), torch.arange(2))
+    assert d.images.max() == 1 and not d.flip
+    assert RealData.from_tensors(torch.rand(2, 1, 4, 4), torch.arange(2), flip=True).flip
 
 
 def test_svhn_loader_from_its_mat_file(tmp_path, skip_checksums):

@@ -3,26 +3,11 @@ import json
 import pytest
 import torch
 
-from udd_fast import Distiller, RealData, RegionConfig, SyntheticSet, UDDConfig, preset
+from udd_fast import Distiller, RegionConfig, SyntheticSet, UDDConfig
 from udd_fast.errors import UDDError
 from udd_fast.image_step import ClassSGD
 
-
-def tiny_data(classes=3, per_class=8, size=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(classes * per_class, 1, size, size, generator=g)
-    for c in range(classes):  # give every class its own bright quadrant
-        x[c * per_class:(c + 1) * per_class, :, (c % 2) * 6:(c % 2) * 6 + 6, (c // 2) * 6:(c // 2) * 6 + 6] += 1
-    return RealData.from_tensors(x.clamp(0, 1), torch.arange(classes).repeat_interleave(per_class))
-
-
-def fixed_net_config(**kw):
-    """The network is never trained and the real batch is the whole class, undistorted: the matching
-    objective is then the same function of S at every step, so its value must fall."""
-    base = dict(ipc=1, width=8, outer=1, inner=25, metric="mse", lr_img=0.3, dsa="none", net_batches=0,
-                batch_real=8, cfc=False, regions=RegionConfig(policy="activation", p=4))
-    base.update(kw)
-    return UDDConfig(**base)
+from tiny import fixed_net_config, tiny_data
 
 
 @pytest.mark.parametrize("policy", [None, "activation", "vote"])
@@ -57,35 +42,13 @@ def test_full_loop_with_cfc_factor_and_checkpoint(tmp_path):
     assert torch.equal(loaded.images, syn.images)
 
 
-def test_presets_follow_idc_code_and_the_paper():
-    """idc: IDC's reproduce settings and tune_lr_img; paper: UDD's stated settings on that step; cpu-quick: its
-    budget."""
-    idc = preset("idc", "fashion-mnist", 1)
-    assert idc.lr_img == pytest.approx(1e-4 * 1 / 10 * (28 / 32) ** 2)  # 7.656e-6 per pixel, per class step
-    assert (idc.metric, idc.factor, idc.outer, idc.inner, idc.init, idc.lr_decay) == ("l1", 2, 2000, 100, "first", ())
-    assert (idc.net_batch, idc.net_batches, idc.mom_img, idc.regions.policy, idc.cfc) == (64, 8, 0.5, None, False)
-    assert preset("idc", "mnist", 10).lr_img == pytest.approx(1e-4)  # MNIST's base size is 28
-    cifar = preset("idc", "cifar10", 50)
-    assert (cifar.metric, cifar.lr_img, cifar.net_batches) == ("mse", pytest.approx(5e-3 * 5), 32)
-    assert preset("idc", "imagefolder", 10, size=224, num_classes=100).lr_img == pytest.approx(1e-3)
-    paper = preset("paper", "cifar10", 10)
-    assert (paper.regions.policy, paper.regions.p, paper.regions.m, paper.lam, paper.lr_decay) == (
-        "jitter", 8, 2, 1.0, (0.6, 0.8, 0.9))
-    assert (paper.outer, paper.inner, paper.lr_img, paper.regions.crop_share) == (2000, 100, 5e-3, None)
-    steps = {ipc: (preset("cpu-quick", "fashion-mnist", ipc).outer, preset("cpu-quick", "fashion-mnist", ipc).inner)
-             for ipc in (1, 10, 50)}
-    assert steps == {1: (3, 100), 10: (2, 20), 50: (2, 20)}
-    quick = preset("cpu-quick", "fashion-mnist", 1)
-    assert quick.lr_img == pytest.approx(3 * idc.lr_img) and quick.regions.crop_share == 0.2 and quick.width == 64
-
-
 @pytest.mark.parametrize("outer, at, halvings", [(1, 0, 0), (2, 1, 3), (10, 5, 0), (10, 6, 1), (10, 8, 2), (10, 9, 3)])
 def test_lr_img_halves_at_60_80_90_percent_only(outer, at, halvings, monkeypatch):
     """lr_img is halved at the milestones passed, never before the first step (one outer iteration)."""
     lrs = []
     monkeypatch.setattr(ClassSGD, "before", lambda self, syn: lrs.append(self.lr))
-    monkeypatch.setattr(Distiller, "inner_step", lambda self, net, syn, bank, step: (
-        syn.sum().backward(), (torch.zeros(self.k), bank))[1])
+    monkeypatch.setattr(Distiller, "matching_gradient", lambda self, net, syn, bank, step: (
+        syn.sum().backward(), (torch.zeros(self.num_classes), bank))[1])
     cfg = fixed_net_config(outer=outer, inner=1, lr_img=1.0, lr_decay=(0.6, 0.8, 0.9))
     Distiller(tiny_data(), cfg).run(progress=False)
     assert lrs[0] == 1.0 and lrs[at] == 0.5 ** halvings
@@ -99,25 +62,24 @@ def test_same_seed_same_result():
     assert torch.equal(a.images, b.images)
 
 
-def test_configuration_errors():
+def test_data_that_cannot_hold_the_set_is_refused():
     with pytest.raises(UDDError, match="ipc=9"):
         Distiller(tiny_data(), fixed_net_config(ipc=9))
     with pytest.raises(UDDError, match="ipc=1 with factor 2"):  # 4 real images per stored image
         Distiller(tiny_data(per_class=3), fixed_net_config(factor=2))
     with pytest.raises(UDDError, match="too small"):
         Distiller(tiny_data(size=4), fixed_net_config())
-    with pytest.raises(UDDError, match="unknown preset"):
-        preset("fast-please", "fashion-mnist", 1)
-    with pytest.raises(UDDError, match="net_on"):
-        UDDConfig(net_on="imaginary")
-    with pytest.raises(UDDError, match="lr_img must be > 0"):
-        UDDConfig(lr_img=-1e-4)
-    with pytest.raises(UDDError, match="outer must be >= 0"):
-        UDDConfig(outer=-1)
-    with pytest.raises(UDDError, match="init must be one of"):
-        UDDConfig(init="zeros")
-    with pytest.raises(UDDError, match="crop_share"):
-        RegionConfig(crop_share=1.0)
+
+
+def test_more_processes_than_classes_is_refused(monkeypatch):
+    """Classes are the unit of work under torchrun: a process without a class would have nothing to match."""
+    import udd_fast.distiller as distiller
+
+    monkeypatch.setattr(distiller.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distiller.dist, "get_world_size", lambda: 5)
+    monkeypatch.setattr(distiller.dist, "get_rank", lambda: 0)
+    with pytest.raises(UDDError, match="5 processes for 3 classes"):
+        Distiller(tiny_data(classes=3), fixed_net_config())
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
@@ -130,7 +92,7 @@ def one_step(cfg, device="cpu"):
     syn = d.init_synthetic().requires_grad_(True)
     net = d.new_network()
     bank = d.class_embeddings(net, syn)
-    total, bank = d.inner_step(net, syn, bank, step=0)
+    total, bank = d.matching_gradient(net, syn, bank, step=0)
     return syn.grad.cpu(), total.cpu(), bank.cpu()
 
 

@@ -5,7 +5,7 @@ import torch
 from udd_fast import Distiller, preset
 from udd_fast.image_step import ClassSGD
 
-from test_distiller import tiny_data
+from tiny import tiny_data
 
 
 def per_class_sgd(syn, class_loss, classes, inner_steps, lr, momentum):
@@ -72,7 +72,7 @@ def test_idc_preset_inner_steps_move_s_as_idc_per_class_sgd():
         params = {n: p.detach() for n, p in net.named_parameters()}
         return d.class_losses(net, params, s, None, *draws, [c], bank)[0]
 
-    want = per_class_sgd(syn, class_loss, d.k, cfg.inner, cfg.lr_img, cfg.mom_img)
+    want = per_class_sgd(syn, class_loss, d.num_classes, cfg.inner, cfg.lr_img, cfg.mom_img)
     assert (got - d.init_synthetic()).abs().max() > 1e-3  # S moved
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 

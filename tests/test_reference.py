@@ -96,7 +96,7 @@ def test_crop_resize_backward_gradcheck_and_with_source():
     assert both.shape == (8, 1, 6, 5)
 
 
-def test_jitter_score_and_jitter_reference():
+def test_jitter_score_and_jitter_copies_reference():
     gen = torch.Generator().manual_seed(3)
     fmap = torch.rand(2, 4, 4, 4, generator=gen)
     jittered = fmap[None] + 0.1 * torch.randn(3, 2, 4, 4, 4, generator=gen)
@@ -107,8 +107,8 @@ def test_jitter_score_and_jitter_reference():
     torch.testing.assert_close(sigma, (lam - lam_hat).abs())
     assert idx.tolist() == reference.lowest_p(sigma, 5).tolist()
     x = torch.rand(2, 1, 8, 8)
-    a, b = reference.jitter(x, 2, 0.1, "gaussian", seed=7), reference.jitter(x, 2, 0.1, "gaussian", seed=7)
-    assert torch.equal(a, b) and not torch.equal(a, reference.jitter(x, 2, 0.1, "gaussian", seed=8))
-    sp = reference.jitter(torch.full((1, 1, 100, 100), 0.5), 1, 0.2, "salt_pepper", seed=0)
+    a, b = (reference.jitter_copies(x, 2, 0.1, "gaussian", seed=7) for _ in range(2))
+    assert torch.equal(a, b) and not torch.equal(a, reference.jitter_copies(x, 2, 0.1, "gaussian", seed=8))
+    sp = reference.jitter_copies(torch.full((1, 1, 100, 100), 0.5), 1, 0.2, "salt_pepper", seed=0)
     hit = (sp != 0.5).float().mean().item()
     assert 0.17 < hit < 0.23

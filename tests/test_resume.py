@@ -12,7 +12,7 @@ import torch
 from udd_fast import Distiller, RegionConfig, SyntheticSet
 from udd_fast.errors import UDDError
 
-from test_distiller import fixed_net_config, tiny_data
+from tiny import fixed_net_config, tiny_data
 
 TESTS = Path(__file__).parent
 SCRIPT = f"""
@@ -20,7 +20,7 @@ import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {str(TESTS)!r})
 from test_resume import config
-from test_distiller import tiny_data
+from tiny import tiny_data
 from udd_fast import Distiller
 Distiller(tiny_data(), config(), out_dir=sys.argv[1]).run(progress=False, resume=True)
 """

@@ -8,7 +8,7 @@ import torch
 from udd_fast import FolderData, RealData, herding_coreset, load_dataset, random_coreset
 from udd_fast.data import SUBSETS, resolve_classes
 from udd_fast.errors import UDDError
-from udd_fast.evaluate import real_network
+from udd_fast.coreset import real_network
 
 # folder -> dominant channel; sorted folder order (blue, green, red) gives labels 0, 1, 2
 COLOURS = {"red": 0, "green": 1, "blue": 2}

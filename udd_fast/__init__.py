@@ -9,8 +9,8 @@ from udd_fast.config import PRESETS, UDDConfig, preset
 from udd_fast.data import FolderData, RealData, load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
-from udd_fast.evaluate import (EvalProtocol, evaluate, evaluate_against_init, evaluate_images, herding_coreset, protocol,
-                               random_coreset)
+from udd_fast.coreset import herding_coreset, random_coreset
+from udd_fast.evaluate import EvalProtocol, evaluate, evaluate_against_init, evaluate_images, protocol
 from udd_fast.regions import RegionConfig, candidate_windows
 from udd_fast.synset import SyntheticSet
 

@@ -2,14 +2,16 @@
 
 Importing ``udd_fast._C`` registers ``torch.ops.udd_fast.crop_resize`` and ``crop_resize_backward`` with
 their CPU (and, when built with CUDA, CUDA) kernels and their autograd; this module adds the fake
-implementations that ``torch.compile`` and ``torch.library.opcheck`` need. ``udd_fast`` itself never requires
-the extension: :func:`available` says whether it is there.
+implementations that ``torch.compile`` and ``torch.library.opcheck`` need. ``udd_fast`` requires the
+extension only under backend ``fast`` (:func:`require`); otherwise :func:`available` says whether it is there.
 """
 from __future__ import annotations
 
 import warnings
 
 import torch
+
+from udd_fast.errors import UDDError
 
 try:
     from udd_fast import _C  # noqa: F401  (registers the ops)
@@ -31,6 +33,15 @@ def available() -> bool:
         warnings.warn(f"udd_fast: compiled extension not built ({_load_error}); crop_resize uses the reference. "
                       "Build with `make build` / pip install -e . --no-build-isolation", stacklevel=2)
     return False
+
+
+def require() -> None:
+    """Raise :class:`UDDError` (one line, with the fix) unless the compiled ops are registered."""
+    if _load_error is not None:
+        reason = " ".join(str(_load_error).split())
+        raise UDDError(f"udd_fast: backend 'fast' needs the compiled extension udd_fast._C, which is not built "
+                       f"({reason}); build it with `make build` (or `python setup.py build_ext --inplace`), or "
+                       "use backend 'auto' to fall back to the reference")
 
 
 def _prefers_channels_last(t: torch.Tensor) -> bool:

@@ -12,11 +12,12 @@ import torch
 import torch.distributed as dist
 
 from udd_fast.config import CPU_QUICK_NOTES, INITS, PRESETS, preset
+from udd_fast.coreset import herding_coreset
 from udd_fast.data import DATASETS, load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
 from udd_fast.evaluate import (DEFAULT_PROTOCOLS, PROTOCOLS as EVAL_PROTOCOLS, EvalProtocol, evaluate,
-                               evaluate_against_init, evaluate_images, herding_coreset, protocol, random_baseline)
+                               evaluate_against_init, evaluate_images, protocol, random_baseline)
 from udd_fast.models import MODELS
 from udd_fast.regions import POLICIES
 from udd_fast.reproduce import BUDGETS, STUDIES, Harness

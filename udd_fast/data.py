@@ -59,7 +59,7 @@ class RealData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str = "custom"
-    flip: bool = True
+    flip: bool = False                    # whether a horizontal flip keeps the class (see from_tensors)
     num_classes: int = 0
     by_class: list[torch.Tensor] = field(default_factory=list, repr=False)
 
@@ -68,6 +68,8 @@ class RealData:
         if x.dim() != 4:
             raise UDDError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}; add a channel axis "
                            "with images.unsqueeze(1) for grayscale")
+        if x.shape[0] == 0:
+            raise UDDError("the dataset has no images; check the path or the class list")
         if x.shape[1] != len(self.mean) or len(self.mean) != len(self.std):
             raise UDDError(f"images have {x.shape[1]} channel(s) but mean/std give {len(self.mean)}; pass "
                            "one mean and std per channel")
@@ -75,6 +77,14 @@ class RealData:
             raise UDDError(f"labels must be (N,) with N={x.shape[0]}, got shape {tuple(y.shape)}")
         if not torch.isfinite(x).all():
             raise UDDError("images contain NaN or Inf pixels; clean or drop those images first")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > 1:
+            raise UDDError(f"pixels must lie in [0, 1], got {lo:.4g} .. {hi:.4g}; divide 0..255 values by 255 and "
+                           "pass images before normalization (mean/std are applied inside)")
+        if y.is_floating_point() and not torch.equal(y, y.round()):
+            raise UDDError("labels must be whole class indices 0..K-1, got fractional values")
+        if (y < 0).any():
+            raise UDDError(f"labels must be class indices 0..K-1, got {int(y.min())}; relabel the classes")
         self.labels = y.long()
         self.num_classes = self.num_classes or int(self.labels.max()) + 1
         self.by_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
@@ -83,19 +93,21 @@ class RealData:
             raise UDDError(f"class(es) {empty} have no samples; relabel classes to 0..K-1 without gaps")
 
     @classmethod
-    def from_tensors(cls, images, labels, mean=None, std=None, name="custom", flip=True) -> "RealData":
-        """Wrap user tensors (pixel space [0,1]); mean/std default to the per-channel statistics of ``images``."""
+    def from_tensors(cls, images, labels, mean=None, std=None, name="custom", flip=False) -> "RealData":
+        """Wrap user tensors (pixel space [0, 1], or uint8 0..255); mean/std default to the per-channel statistics
+        of ``images``. ``flip``: whether augmentation may mirror images horizontally, i.e. a mirrored image keeps
+        its class (photos, clothing: True). Off by default: for digits or text a flip changes the meaning."""
         images = torch.as_tensor(images)
         if images.dtype == torch.uint8:
             images = images.float() / 255
         images = images.float()
-        if images.dim() == 4 and (mean is None or std is None):
+        if images.dim() == 4 and len(images) and (mean is None or std is None):
             mean = tuple(images.mean(dim=(0, 2, 3)).tolist())
             std = tuple(images.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
         return cls(images, torch.as_tensor(labels), tuple(mean or ()), tuple(std or ()), name, flip)
 
     @classmethod
-    def from_dataset(cls, dataset, mean=None, std=None, name="custom", flip=True) -> "RealData":
+    def from_dataset(cls, dataset, mean=None, std=None, name="custom", flip=False) -> "RealData":
         """Materialise any map-style ``Dataset`` yielding ``(image tensor, label)`` pairs."""
         xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
         return cls.from_tensors(torch.stack([torch.as_tensor(x) for x in xs]), torch.tensor(ys), mean, std,

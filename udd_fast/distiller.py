@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 from functools import partial
 from pathlib import Path
@@ -52,16 +51,23 @@ from tqdm.auto import tqdm
 from udd_fast import checkpoint
 from udd_fast.augment import DSA, cutmix
 from udd_fast.config import UDDConfig
+from udd_fast.coreset import herding_coreset
 from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
-from udd_fast.evaluate import herding_coreset
-from udd_fast.losses import autocast, cfc_loss, ema_update, grad_match, matched_names
 from udd_fast.formation import decode, mix_init
 from udd_fast.image_step import ClassSGD
+from udd_fast.losses import autocast, cfc_loss, ema_update, grad_match, matched_names, soft_cross_entropy
 from udd_fast.metrics import peak_memory
-from udd_fast.models import build_model
+from udd_fast.models import build_model, network_optimizer
 from udd_fast.regions import batch_weights, candidate_windows, check_image_size, select_windows, training_batch
 from udd_fast.synset import SyntheticSet
+
+
+#: Each class's random stream is seeded ``seed * CLASS_STREAM_STRIDE + c``: a prime above any class count, so
+#: two seeds never give two classes the same stream.
+CLASS_STREAM_STRIDE = 1_000_003
+#: lr_img is multiplied by this at every ``lr_decay`` milestone (the paper halves it).
+LR_IMG_DECAY = 0.5
 
 
 class Distiller:
@@ -77,65 +83,162 @@ class Distiller:
             check_image_size(data.size, config.regions.groups)
         self.data, self.cfg, self.device = data.to(device), config, torch.device(device)
         self.out_dir = Path(out_dir) if out_dir else None
-        self.k = data.num_classes
+        self.num_classes = data.num_classes
         self.windows = candidate_windows(config.regions.groups).to(self.device)
         self.dsa = DSA(config.dsa, mode="all", flip=data.flip)
         # the network update draws per image, and drops cutout when CutMix is on (IDC's remove_aug)
         net_aug = "_".join(t for t in config.dsa.split("_") if not (config.cutmix and t == "cutout"))
         self.net_dsa = DSA(net_aug, mode="idc", flip=data.flip)
-        self.labels = torch.arange(self.k, device=self.device).repeat_interleave(config.ipc)
+        self.labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(config.ipc)
         net = self.new_network()
-        self.names = matched_names(net, config.matched)
+        self.matched = matched_names(net, config.matched)  # the parameters whose gradients are matched
         if config.step == "batched" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
             raise UDDError(f"step='batched' cannot vmap a model with BatchNorm ({config.model}); use step='loop' "
                            "or a model with instance norm (convnet, resnetap10)")
         # this process's classes: a contiguous share of them under torchrun, all of them otherwise
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        if self.world > self.k:
-            raise UDDError(f"{self.world} processes for {self.k} classes: use at most one process per class")
-        self.classes = [c for c in range(self.k) if c * self.world // self.k == self.rank]
-        self.own = torch.zeros(self.k, device=self.device)
-        self.own[self.classes] = 1
+        if self.world > self.num_classes:
+            raise UDDError(f"{self.world} processes for {self.num_classes} classes: use at most one process per class")
+        self.classes = [c for c in range(self.num_classes) if c * self.world // self.num_classes == self.rank]
+        self.class_mask = torch.zeros(self.num_classes, device=self.device)  # 1 for this process's classes
+        self.class_mask[self.classes] = 1
         self.history: list[dict] = []
 
-    # --- the pieces of Algorithm 1 -------------------------------------------------------------------
+    # --- Algorithm 1 ----------------------------------------------------------------------------------
+    def run(self, progress: bool = True, resume: bool = False) -> SyntheticSet:
+        """Run the whole distillation and return the synthetic set (also saved to ``out_dir`` if given, with the
+        initialisation beside it as ``init.safetensors``; ``self.init_set`` holds it too).
+
+        With ``out_dir``, a checkpoint is written every ``checkpoint_every`` outer iterations; ``resume``
+        continues from the newest readable one and ends with the same set as an uninterrupted run."""
+        cfg = self.cfg
+        syn, opt, first = self.start(resume)
+        step = first * cfg.inner
+        bar = tqdm(total=cfg.outer * cfg.inner, initial=step, desc="distill", unit="step",
+                   disable=not progress or self.rank > 0)
+        start = time.time()
+        for outer in range(first, cfg.outer):
+            # Pixels are kept valid here only, as in IDC: the last outer iteration's steps stay unclamped.
+            with torch.no_grad():
+                syn.clamp_(0, 1)
+            opt.lr = self.lr_img_at(outer)
+            # A fresh network every outer iteration, so that S serves networks at every stage of training
+            # rather than one network's trajectory; CFC's memory of each class starts from its view of S.
+            net, net_opt = self.fresh_network()
+            bank = self.class_embeddings(net, syn)
+            for inner in range(cfg.inner):
+                # Mine every class's underutilized windows and accumulate dL/dS of its matching + CFC loss.
+                opt.before(syn)
+                syn.grad = None
+                match, bank = self.matching_gradient(net, syn, bank, step)
+                total = match.sum().item()
+                if not math.isfinite(total):
+                    raise UDDError(f"matching loss became {total} at outer {outer}, inner {inner}; lower lr_img")
+                # One image step per class, in IDC's order; then every process holds every class's rows.
+                opt.step(syn, syn.grad)
+                with torch.no_grad():
+                    syn.copy_(self.all_reduce_own_rows(syn))
+                # The network learns on real data between steps, not after the last: a fresh one follows.
+                if inner < cfg.inner - 1:
+                    self.train_network(net, net_opt, syn)
+                step += 1
+                self.record(bar, step, outer, total)
+            if self.out_dir and cfg.checkpoint_every and (outer + 1) % cfg.checkpoint_every == 0:
+                self.save_checkpoint(syn, opt, outer + 1)
+        bar.close()
+        return self.finish(syn, time.time() - start)
+
+    # --- its pieces, in the order the loop uses them --------------------------------------------------
+    def start(self, resume: bool) -> tuple[torch.Tensor, ClassSGD, int]:
+        """S, its image optimizer and the first outer iteration to run: from the initialisation (Algorithm 1's
+        S <- real images), or from the newest checkpoint under ``resume``."""
+        cfg = self.cfg
+        self.seed()
+        state = checkpoint.load(self.out_dir) if resume and self.out_dir else None
+        if state is not None and "init" not in state:
+            raise UDDError(f"the checkpoint in {self.out_dir} was written by an earlier version of udd_fast (it lacks "
+                           "the initialisation); use another --out or delete it to start over")
+        init = state["init"].to(self.device) if state else self.init_synthetic()
+        self.init_set = self.synthetic_set(init)
+        syn = (state["syn"].to(self.device) if state else init.clone()).requires_grad_(True)
+        opt = ClassSGD(syn, self.labels, self.num_classes, cfg.lr_img, cfg.mom_img)
+        return syn, opt, self.restore(state, opt) if state else 0
+
     def seed(self) -> None:
         """Seed the global random stream (networks and their training, the initialisation) and one stream per
         class (its real batches and augmentation draws)."""
         torch.manual_seed(self.cfg.seed)
-        self.streams = [torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + c) for c in range(self.k)]
+        self.streams = [torch.Generator().manual_seed(self.cfg.seed * CLASS_STREAM_STRIDE + c)
+                        for c in range(self.num_classes)]
 
     def init_synthetic(self) -> torch.Tensor:
         """Real images of each class (``factor**2`` of them tiled into each stored image): the class's first
         images in dataset order (IDC's initialisation), random ones, or the herding selection (images whose
         running mean embedding tracks the class mean); or noise."""
-        cfg, n = self.cfg, self.cfg.ipc * self.cfg.factor ** 2
+        cfg, k, n = self.cfg, self.num_classes, self.cfg.ipc * self.cfg.factor ** 2
         if cfg.init == "noise":
-            return torch.rand(self.k * cfg.ipc, self.data.channels, self.data.size, self.data.size,
-                              device=self.device)
+            return torch.rand(k * cfg.ipc, self.data.channels, self.data.size, self.data.size, device=self.device)
         if cfg.init == "herding":
-            real = herding_coreset(self.data, n, seed=cfg.seed)[0].to(self.device).unflatten(0, (self.k, n))
+            real = herding_coreset(self.data, n, seed=cfg.seed)[0].to(self.device).unflatten(0, (k, n))
         else:
-            real = [self.data.class_batch(c, n, first=cfg.init == "first") for c in range(self.k)]
+            real = [self.data.class_batch(c, n, first=cfg.init == "first") for c in range(k)]
         return torch.cat([mix_init(r, cfg.factor) for r in real])
+
+    def lr_img_at(self, outer: int) -> float:
+        """``lr_img`` times :data:`LR_IMG_DECAY` at every ``lr_decay`` milestone passed (none at 0: with
+        ``outer`` 1 it would lower lr_img before the first step)."""
+        milestones = [m for m in (int(f * self.cfg.outer) for f in self.cfg.lr_decay) if m > 0]
+        return self.cfg.lr_img * LR_IMG_DECAY ** sum(outer >= m for m in milestones)
 
     def new_network(self):
         cfg = self.cfg
-        net = build_model(cfg.model, self.data.channels, self.k, self.data.size, cfg.width, cfg.depth)
+        net = build_model(cfg.model, self.data.channels, self.num_classes, self.data.size, cfg.width, cfg.depth)
         return net.to(self.device)
 
-    def mine(self, net, syn: torch.Tensor, seed: int) -> torch.Tensor | None:
+    def fresh_network(self):
+        """A newly initialised network, the same on every process, and its SGD optimizer."""
+        net = self.new_network()
+        self.sync_network(net)
+        return net, network_optimizer(net, self.cfg.net_lr)
+
+    @torch.no_grad()
+    def class_embeddings(self, net, syn: torch.Tensor) -> torch.Tensor:
+        """Mean embedding of each class's decoded synthetic images: the CFC bank of a fresh network."""
+        per_class = syn.view(self.num_classes, -1, *syn.shape[1:])
+        return torch.stack([net.embed(self.data.normalize(decode(s, self.cfg.factor))).mean(0) for s in per_class])
+
+    def matching_gradient(self, net, syn: torch.Tensor, bank: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """dL/dS of this process's classes, accumulated into ``syn.grad`` (no step is taken). Returns every
+        class's matching term (K,) and the bank updated with every class's mean synthetic embedding."""
+        params = {n: p.detach() for n, p in net.named_parameters()}
+        index = self.underutilized_windows(net, syn, seed=step)
+        reals, draws = self.draw_real(self.classes)
+        match = torch.zeros(self.num_classes, device=self.device)
+        f_bar = torch.zeros_like(bank)
+        for classes in self.class_groups():  # Algorithm 1's "for each class c"
+            loss, match[classes], f_bar[classes] = self.class_losses(net, params, syn, index, reals, draws,
+                                                                     classes, bank)
+            loss.backward()
+        match, f_bar = self.all_reduce_own_rows(match), self.all_reduce_own_rows(f_bar)
+        return match, ema_update(bank, torch.arange(self.num_classes, device=self.device), f_bar, self.cfg.alpha)
+
+    def class_groups(self) -> list[list[int]]:
+        """The classes whose losses are formed together: each of this process's classes alone under
+        ``step="loop"``, all of them in one vmap under ``step="batched"`` (the same losses, one backward)."""
+        return [self.classes] if self.cfg.step == "batched" else [[c] for c in self.classes]
+
+    def underutilized_windows(self, net, syn: torch.Tensor, seed: int) -> torch.Tensor | None:
         """Indices (classes, decoded images per class, P) of the P most underutilized windows of every decoded
-        image of this process's classes (rows of other classes stay 0)."""
+        image of this process's classes (rows of other classes stay 0); None without regions."""
         cfg = self.cfg
         if cfg.regions.policy is None:
             return None
         own = torch.tensor(self.classes, device=self.device)
-        images = decode(syn.detach().unflatten(0, (self.k, cfg.ipc))[own].flatten(0, 1), cfg.factor)
+        images = decode(syn.detach().unflatten(0, (self.num_classes, cfg.ipc))[own].flatten(0, 1), cfg.factor)
         labels = own.repeat_interleave(cfg.ipc * cfg.factor ** 2)
         with autocast(self.device.type, cfg.precision):
             index = select_windows(net, images, labels, self.windows, self.data.normalize, cfg.regions, seed)
-        full = index.new_zeros(self.k, images.shape[0] // len(own), cfg.regions.p)
+        full = index.new_zeros(self.num_classes, images.shape[0] // len(own), cfg.regions.p)
         full[own] = index.unflatten(0, (len(own), -1))
         return full
 
@@ -154,7 +257,7 @@ class Distiller:
         embeddings (g, D))``."""
         cfg, norm, g = self.cfg, self.data.normalize, len(classes)
         cls = torch.tensor(classes, device=self.device)
-        s = syn.unflatten(0, (self.k, cfg.ipc))[cls].flatten(0, 1)
+        s = syn.unflatten(0, (self.num_classes, cfg.ipc))[cls].flatten(0, 1)
         x_syn = decode(s, cfg.factor)
         p = 0 if index is None else cfg.regions.p
         w_syn = batch_weights(x_syn.shape[0] // g, p, cfg.regions.crop_share).to(self.device).expand(g, -1)
@@ -166,7 +269,7 @@ class Distiller:
         x_syn = self.dsa.apply(norm(x_syn), DSA.repeat(draw, x_syn.shape[0] // g)).unflatten(0, (g, -1))
         y_real = cls[:, None].expand(x_real.shape[:2])
         y_syn = cls[:, None].expand(x_syn.shape[:2])
-        fn = partial(grad_match, net, params, self.names, metric=cfg.metric, precision=cfg.precision)
+        fn = partial(grad_match, net, params, self.matched, metric=cfg.metric, precision=cfg.precision)
         if cfg.step == "batched":
             match, emb = vmap(fn)(x_real, y_real, x_syn, y_syn, w_syn)
         else:
@@ -177,44 +280,18 @@ class Distiller:
             loss = loss + cfg.lam * cfc_loss(f_bar, bank, cls, cfg.tau).sum()
         return loss, match.detach(), f_bar.detach()
 
-    def inner_step(self, net, syn: torch.Tensor, bank: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """dL/dS of this process's classes, accumulated into ``syn.grad``. Returns every class's matching term
-        (K,) and the bank updated with every class's mean synthetic embedding."""
-        params = {n: p.detach() for n, p in net.named_parameters()}
-        index = self.mine(net, syn, seed=step)
-        reals, draws = self.draw_real(self.classes)
-        match = torch.zeros(self.k, device=self.device)
-        f_bar = torch.zeros_like(bank)
-        for classes in [self.classes] if self.cfg.step == "batched" else [[c] for c in self.classes]:
-            loss, match[classes], f_bar[classes] = self.class_losses(net, params, syn, index, reals, draws,
-                                                                     classes, bank)
-            loss.backward()
-        match, f_bar = self.shared(match), self.shared(f_bar)
-        return match, ema_update(bank, torch.arange(self.k, device=self.device), f_bar, self.cfg.alpha)
-
-    def shared(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` (class-major rows) with every process's rows of its own classes: a sum across processes in
-        which each row is non-zero on exactly one of them."""
+    def all_reduce_own_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (class-major rows) with every process's rows of its own classes: each process zeroes the rows
+        of classes it does not own and the results are summed, so every row comes from exactly one process."""
         if self.world == 1:
             return t
-        t = t * self.own.repeat_interleave(t.shape[0] // self.k).view(-1, *[1] * (t.dim() - 1))
+        t = t * self.class_mask.repeat_interleave(t.shape[0] // self.num_classes).view(-1, *[1] * (t.dim() - 1))
         dist.all_reduce(t)
         return t
 
-    def sync_network(self, net) -> None:
-        """Rank 0's parameters on every process."""
-        if self.world > 1:
-            for p in net.parameters():
-                dist.broadcast(p.data, 0)
-
-    @torch.no_grad()
-    def class_embeddings(self, net, syn: torch.Tensor) -> torch.Tensor:
-        """Mean embedding of each class's decoded synthetic images: the CFC bank of a fresh network."""
-        per_class = syn.view(self.k, -1, *syn.shape[1:])
-        return torch.stack([net.embed(self.data.normalize(decode(s, self.cfg.factor))).mean(0) for s in per_class])
-
     def train_network(self, net, opt, syn: torch.Tensor) -> None:
-        """IDC Eq. 6: a few SGD steps of the network on augmented, CutMixed real (or synthetic) batches."""
+        """IDC Eq. 6: a few SGD steps of the network on augmented, CutMixed real (or synthetic) batches; rank
+        0's result on every process."""
         cfg = self.cfg
         for _ in range(cfg.net_batches):
             if cfg.net_on == "real":
@@ -223,68 +300,33 @@ class Distiller:
                 x = decode(syn.detach(), cfg.factor)
                 y = self.labels.repeat_interleave(cfg.factor ** 2)
             x = self.net_dsa(self.data.normalize(x))
-            target = F.one_hot(y, self.k).float()
+            target = F.one_hot(y, self.num_classes).float()
             if torch.rand(()) < cfg.cutmix:
-                x, target = cutmix(x, y, self.k)
+                x, target = cutmix(x, y, self.num_classes)
             with autocast(self.device.type, cfg.precision):
                 logits = net(x)
-            loss = torch.sum(-target * F.log_softmax(logits.float(), 1), 1).mean()
+            loss = soft_cross_entropy(logits, target)
             opt.zero_grad()
             loss.backward()
             opt.step()
+        self.sync_network(net)
 
-    # --- Algorithm 1 ----------------------------------------------------------------------------------
-    def run(self, progress: bool = True, resume: bool = False) -> SyntheticSet:
-        """Run the whole distillation and return the synthetic set (also saved to ``out_dir`` if given, with the
-        initialisation beside it as ``init.safetensors``; ``self.init_set`` holds it too).
+    def sync_network(self, net) -> None:
+        """Rank 0's parameters on every process."""
+        if self.world > 1:
+            for p in net.parameters():
+                dist.broadcast(p.data, 0)
 
-        With ``out_dir``, a checkpoint is written every ``checkpoint_every`` outer iterations; ``resume``
-        continues from the newest readable one and ends with the same set as an uninterrupted run."""
-        cfg = self.cfg
-        self.seed()
-        state = checkpoint.load(self.out_dir) if resume and self.out_dir else None
-        if state is not None and "init" not in state:
-            raise UDDError(f"the checkpoint in {self.out_dir} was written by an earlier version of udd_fast (it lacks "
-                           "the initialisation); use another --out or delete it to start over")
-        init = state["init"].to(self.device) if state else self.init_synthetic()
-        self.init_set = self.synthetic_set(init)
-        syn = (state["syn"].to(self.device) if state else init.clone()).requires_grad_(True)
-        opt = ClassSGD(syn, self.labels, self.k, cfg.lr_img, cfg.mom_img)
-        first = self.restore(state, opt) if state else 0
-        step = first * cfg.inner
-        bar = tqdm(total=cfg.outer * cfg.inner, initial=step, desc="distill", unit="step",
-                   disable=not progress or self.rank > 0)
-        start = time.time()
-        for outer in range(first, cfg.outer):
-            opt.lr = self.lr_img_at(outer)
-            with torch.no_grad():
-                syn.clamp_(0, 1)  # where IDC clamps; the last outer iteration's steps stay unclamped, as in IDC
-            net = self.new_network()
-            self.sync_network(net)
-            net_opt = torch.optim.SGD(net.parameters(), lr=cfg.net_lr, momentum=0.9, weight_decay=5e-4)
-            bank = self.class_embeddings(net, syn)
-            for inner in range(cfg.inner):
-                opt.before(syn)
-                syn.grad = None
-                match, bank = self.inner_step(net, syn, bank, step)
-                total = match.sum().item()
-                if not math.isfinite(total):
-                    raise UDDError(f"matching loss became {total} at outer {outer}, inner {inner}; "
-                                   "lower lr_img")
-                opt.step(syn, syn.grad)
-                with torch.no_grad():
-                    syn.copy_(self.shared(syn))
-                if inner < cfg.inner - 1:  # the network after the last step would be thrown away
-                    self.train_network(net, net_opt, syn)
-                    self.sync_network(net)
-                step += 1
-                bar.update()
-                bar.set_postfix(outer=outer, match=f"{total / self.k:.4g}")
-                self.history.append({"step": step, "outer": outer, "match": total / self.k, **peak_memory(self.device)})
-            if self.out_dir and cfg.checkpoint_every and (outer + 1) % cfg.checkpoint_every == 0:
-                self.save_checkpoint(syn, init, opt, outer + 1)
-        bar.close()
-        self.wall_time = time.time() - start
+    def record(self, bar, step: int, outer: int, total: float) -> None:
+        """The progress bar and the history (mean matching term per class, peak memory) after a step."""
+        bar.update()
+        bar.set_postfix(outer=outer, match=f"{total / self.num_classes:.4g}")
+        self.history.append({"step": step, "outer": outer, "match": total / self.num_classes,
+                             **peak_memory(self.device)})
+
+    def finish(self, syn: torch.Tensor, wall_time: float) -> SyntheticSet:
+        """The synthetic set, saved with its initialisation and the history when there is an ``out_dir``."""
+        self.wall_time = wall_time
         self.memory = peak_memory(self.device)
         result = self.synthetic_set(syn)
         if self.out_dir and self.rank == 0:
@@ -294,18 +336,17 @@ class Distiller:
             (self.out_dir / "history.json").write_text(json.dumps(self.history))
         return result
 
-    def lr_img_at(self, outer: int) -> float:
-        """``lr_img`` halved at every ``lr_decay`` milestone passed (none at 0: with ``outer`` 1 it would halve
-        lr_img before the first step)."""
-        milestones = [m for m in (int(f * self.cfg.outer) for f in self.cfg.lr_decay) if m > 0]
-        return self.cfg.lr_img * 0.5 ** sum(outer >= m for m in milestones)
+    def synthetic_set(self, syn: torch.Tensor) -> SyntheticSet:
+        d = self.data
+        return SyntheticSet(syn.detach().cpu().clone(), self.labels.cpu(), d.name, self.cfg.ipc, d.mean, d.std,
+                            self.cfg.factor, False, self.cfg.regions.groups, json.loads(self.cfg.to_json()))
 
     # --- checkpoints ----------------------------------------------------------------------------------
-    def save_checkpoint(self, syn: torch.Tensor, init: torch.Tensor, opt: ClassSGD, outer: int) -> None:
+    def save_checkpoint(self, syn: torch.Tensor, opt: ClassSGD, outer: int) -> None:
         """Everything the rest of the run depends on after ``outer`` outer iterations (a fresh network and
         CFC bank follow, so neither is saved). Every process joins in; rank 0 writes."""
-        momentum = self.shared(opt.buffer)
-        state = {"outer": outer, "syn": syn.detach().cpu(), "init": init.cpu(), "momentum": momentum.cpu(),
+        momentum = self.all_reduce_own_rows(opt.buffer)
+        state = {"outer": outer, "syn": syn.detach().cpu(), "init": self.init_set.images, "momentum": momentum.cpu(),
                  "rng": torch.get_rng_state(), "streams": torch.stack([g.get_state() for g in self.streams]),
                  "history": json.dumps(self.history), "config": self.cfg.to_json()}
         if self.device.type == "cuda":
@@ -328,8 +369,3 @@ class Distiller:
             g.set_state(s.clone())  # a row view of the stack crashes set_state (it ignores the storage offset)
         self.history = json.loads(state["history"])
         return state["outer"]
-
-    def synthetic_set(self, syn: torch.Tensor) -> SyntheticSet:
-        d = self.data
-        return SyntheticSet(syn.detach().cpu().clone(), self.labels.cpu(), d.name, self.cfg.ipc, d.mean, d.std,
-                            self.cfg.factor, False, self.cfg.regions.groups, json.loads(self.cfg.to_json()))

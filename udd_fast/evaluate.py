@@ -1,5 +1,5 @@
-"""Evaluation: train fresh networks on a synthetic set's training images and test on real test images;
-the Random and Herding coreset baselines at the same IPC."""
+"""Evaluation: train fresh networks on a synthetic set's training images and test on real test images, under
+named protocols; the random-real-images baseline at the same IPC (the coresets: :mod:`udd_fast.coreset`)."""
 from __future__ import annotations
 
 import time
@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 from udd_fast.augment import DSA, cutmix, random_shift
 from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
-from udd_fast.losses import PRECISIONS, autocast, resolve_precision
+from udd_fast.coreset import random_coreset
+from udd_fast.losses import PRECISIONS, autocast, resolve_precision, soft_cross_entropy
 from udd_fast.metrics import mue
-from udd_fast.models import build_model
+from udd_fast.models import NET_MOMENTUM, NET_WEIGHT_DECAY, build_model, network_optimizer
 from udd_fast.synset import SyntheticSet
 
 
@@ -33,8 +34,8 @@ class EvalProtocol:
     epochs: int = 300
     batch: int = 256
     lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = NET_MOMENTUM
+    weight_decay: float = NET_WEIGHT_DECAY
     milestones: tuple[float, ...] = (0.5,)
     gamma: float = 0.1
     augment: str = "dsa"
@@ -98,7 +99,7 @@ def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: Eval
     torch.manual_seed(seed)
     proto = replace(proto, precision=resolve_precision(proto.precision, torch.device(device).type))
     net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=proto.lr, momentum=proto.momentum, weight_decay=proto.weight_decay)
+    opt = network_optimizer(net, proto.lr, proto.momentum, proto.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(m * proto.epochs) for m in proto.milestones],
                                                  proto.gamma)
     dsa = DSA(proto.dsa, mode=proto.dsa_mode, flip=test.flip)
@@ -115,7 +116,7 @@ def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: Eval
                 xb, target = cutmix(xb, y[idx], test.num_classes)
             with autocast(xb.device.type, proto.precision):
                 logits = net(xb)
-            loss = torch.sum(-target * F.log_softmax(logits.float(), 1), 1).mean()
+            loss = soft_cross_entropy(logits, target)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -176,13 +177,6 @@ def evaluate_against_init(synset: SyntheticSet, init: SyntheticSet, test: RealDa
     return out
 
 
-def random_coreset(data: RealData | FolderData, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ipc`` real images per class, uniformly at random (images on ``data.device``, labels on the CPU)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.cat([data.class_batch(c, ipc, g) for c in range(data.num_classes)])
-    return x, torch.arange(data.num_classes).repeat_interleave(ipc)
-
-
 def random_baseline(train: RealData | FolderData, test: RealData, ipc: int, proto: EvalProtocol = EvalProtocol(),
                     device="cpu") -> dict:
     """Random real images scored like :func:`evaluate_images`, over ``proto.repeats`` selections (one network
@@ -195,42 +189,3 @@ def random_baseline(train: RealData | FolderData, test: RealData, ipc: int, prot
             "accs": accs.tolist(), "train_images": runs[0]["train_images"],
             "mue": sum(r["mue"] for r in runs) / len(runs), "wall_s": sum(r["wall_s"] for r in runs),
             "selections": len(runs), "protocol": asdict(proto)}
-
-
-def herding_coreset(data: RealData | FolderData, ipc: int, embed=None, max_per_class: int = 1000, seed: int = 0):
-    """Herding (Welling 2009): per class, greedily pick images whose running mean embedding tracks the
-    class mean. ``embed`` maps normalized images to features (default: a ConvNet briefly trained on
-    ``data``); at most ``max_per_class`` candidates per class, held in memory one class at a time (lower
-    it for large images streamed from a :class:`FolderData`)."""
-    if embed is None:
-        embed = real_network(data, seed).embed
-    g = torch.Generator().manual_seed(seed)
-    xs = []
-    with torch.no_grad():
-        for c in range(data.num_classes):
-            cand = data.class_batch(c, min(max_per_class, len(data.by_class[c])), g)
-            f = torch.cat([embed(data.normalize(b)) for b in cand.split(500)])
-            mu, chosen, acc = f.mean(0), [], torch.zeros_like(f[0])
-            for k in range(ipc):
-                gap = ((mu * (k + 1) - acc)[None] - f).norm(dim=1)
-                gap[chosen] = float("inf")
-                i = int(gap.argmin())
-                chosen.append(i)
-                acc = acc + f[i]
-            xs.append(cand[chosen])
-    return torch.cat(xs), torch.arange(data.num_classes).repeat_interleave(ipc)
-
-
-def real_network(data: RealData | FolderData, seed: int = 0, steps: int = 150, width: int = 64):
-    """A ConvNet-3 briefly trained on real batches (eval mode): herding's features, and the network under
-    which the figures show where windows are underutilized."""
-    torch.manual_seed(seed)
-    net = build_model("convnet", data.channels, data.num_classes, data.size, width).to(data.device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    for _ in range(steps):
-        x, y = data.random_batch(128)
-        loss = F.cross_entropy(net(data.normalize(x)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()

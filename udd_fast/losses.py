@@ -1,4 +1,5 @@
-"""Gradient-matching distances and the category-wise feature contrastive (CFC) loss."""
+"""Gradient-matching distances, the category-wise feature contrastive (CFC) loss, and the soft-target
+cross-entropy every network update uses."""
 from __future__ import annotations
 
 import torch
@@ -93,6 +94,12 @@ def grad_match(model, params: dict, names: list[str], x_real, y_real, x_syn, y_s
     g_real, _ = grad(ce, has_aux=True)(matched, x_real, y_real)
     g_syn, emb = grad(ce, has_aux=True)(matched, x_syn, y_syn, w_syn)
     return distance([g_real[n] for n in names], [g_syn[n] for n in names], metric), emb
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against soft targets (CutMix mixes two one-hot rows), computed in fp32 so a bf16
+    forward does not round the log-probabilities."""
+    return torch.sum(-target * F.log_softmax(logits.float(), 1), 1).mean()
 
 
 def cfc_loss(f_bar: torch.Tensor, bank: torch.Tensor, classes: torch.Tensor, tau: float = 0.7) -> torch.Tensor:

@@ -199,3 +199,15 @@ def build_model(name: str, channels: int, num_classes: int, size: int, width: in
     if name == "alexnet":
         return alexnet(channels, num_classes, width or 64)
     raise UDDError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+
+
+#: SGD momentum and weight decay of every network this library trains on images (the network update inside
+#: distillation, the real-data network, the evaluation protocols' defaults): DC's, IDC's and the paper's choice.
+NET_MOMENTUM = 0.9
+NET_WEIGHT_DECAY = 5e-4
+
+
+def network_optimizer(net: nn.Module, lr: float, momentum: float = NET_MOMENTUM,
+                      weight_decay: float = NET_WEIGHT_DECAY) -> torch.optim.SGD:
+    """SGD over every parameter of ``net``."""
+    return torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)

@@ -48,10 +48,11 @@ def lowest_p(scores: torch.Tensor, p: int) -> torch.Tensor:
 
 def jitter_score(fmap: torch.Tensor, jittered: torch.Tensor, windows: torch.Tensor, p: int,
                  mode: str = "value") -> tuple[torch.Tensor, torch.Tensor]:
-    """Jitter sensitivity ``sigma = |Lambda - mean_m Lambda_hat_m|`` per window and its lowest-``p`` windows.
+    """Jitter sensitivity ``sigma = |Lambda - mean_m Lambda_hat_m|`` per window AND its lowest-``p`` windows.
 
-    ``fmap`` is the feature map of the images (B, C, h, w), ``jittered`` those of their M jittered copies
-    (M, B, C, h, w). Returns ``(sigma (B, N) float32, index (B, p) int64)``.
+    The fast kernel computes both in one fused pass; here they are two steps (``window_pool``, then
+    ``lowest_p``). ``fmap`` is the feature map of the images (B, C, h, w), ``jittered`` those of their M
+    jittered copies (M, B, C, h, w). Returns ``(sigma (B, N) float32, index (B, p) int64)``.
     """
     m = jittered.shape[0]
     lam = window_pool(fmap, windows, mode)
@@ -60,7 +61,8 @@ def jitter_score(fmap: torch.Tensor, jittered: torch.Tensor, windows: torch.Tens
     return sigma, lowest_p(sigma, p)
 
 
-def jitter(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian", seed: int = 0) -> torch.Tensor:
+def jitter_copies(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian",
+                  seed: int = 0) -> torch.Tensor:
     """``m`` jittered copies ``(m, *images.shape)`` of ``images``.
 
     gaussian: ``x + strength * N(0, 1)``; uniform: ``x + U(-strength, strength)``; salt_pepper: each pixel is

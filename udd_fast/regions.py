@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from udd_fast import ops
 from udd_fast.errors import UDDError
 
-POLICIES = ("activation", "gradient", "jitter", "vote")
+POLICIES = ("activation", "gradient", "jitter", "vote")  # see POLICY_SCORES; vote sums the other three's ranks
 
 
 def candidate_windows(groups=(1 / 3, 1 / 2, 2 / 3)) -> torch.Tensor:
@@ -62,26 +62,37 @@ def check_image_size(size: int, groups) -> None:
                        f"(each window needs >= 2 px); use larger images or larger --groups")
 
 
-def _activation(net, x, normalize, layer):
+def feature_map(net, x, normalize, layer):
+    """The feature map of ``net``'s block ``layer`` for pixel-space images ``x``."""
     return net.feature_maps(normalize(x))[layer]
 
 
-def _scores(policy, net, x, y, windows, normalize, cfg: RegionConfig, seed: int) -> torch.Tensor:
-    if policy == "activation":
-        return ops.window_pool(_activation(net, x, normalize, cfg.layer), windows, "value")
-    if policy == "gradient":
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            grad, = torch.autograd.grad(F.cross_entropy(net(normalize(x)), y), x)
-        return ops.window_pool(grad, windows, "abs")
-    return _jitter(net, x, windows, normalize, cfg, seed)[0]
+def activation_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int):
+    """Mean activation of each window (B, N): low where the network responds weakly."""
+    return ops.window_pool(feature_map(net, x, normalize, cfg.layer), windows, "value"), None
 
 
-def _jitter(net, x, windows, normalize, cfg: RegionConfig, seed: int):
-    copies = ops.jitter(x, cfg.m, cfg.jitter_strength, cfg.jitter_kind, seed)
-    maps = _activation(net, torch.cat([x, copies.flatten(0, 1)]), normalize, cfg.layer)
+def gradient_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int):
+    """Mean |d CE / d x| of each window (B, N): low where the input barely changes the loss."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(net(normalize(x)), y), x)
+    return ops.window_pool(grad, windows, "abs"), None
+
+
+def jitter_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int):
+    """Jitter sensitivity of each window (B, N), ``|Lambda - mean_m Lambda_hat_m|`` of the window-pooled
+    feature map of ``x`` and of ``cfg.m`` Gaussian-jittered copies: low where the response barely moves. The
+    fused kernel ranks the windows in the same pass, so its lowest-P indices come along."""
+    copies = ops.jitter_copies(x, cfg.m, cfg.jitter_strength, cfg.jitter_kind, seed)
+    maps = feature_map(net, torch.cat([x, copies.flatten(0, 1)]), normalize, cfg.layer)
     fmap, jittered = maps[: x.shape[0]], maps[x.shape[0]:].unflatten(0, (cfg.m, x.shape[0]))
     return ops.jitter_score(fmap, jittered, windows, cfg.p)
+
+
+#: Each policy maps (net, images, labels, windows, normalize, cfg, seed) to scores (B, N), low where a window is
+#: underutilized, and the lowest-P indices (B, P) when it has them already (else None).
+POLICY_SCORES = {"activation": activation_policy, "gradient": gradient_policy, "jitter": jitter_policy}
 
 
 def ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -94,16 +105,15 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def select_windows(net, x: torch.Tensor, y: torch.Tensor, windows: torch.Tensor, normalize,
                    cfg: RegionConfig, seed: int = 0) -> torch.Tensor:
-    """Indices (B, P) of the P most underutilized windows of each image ``x`` (pixel space) under ``net``."""
-    x = x.detach()
-    if cfg.policy == "jitter":
-        return _jitter(net, x, windows, normalize, cfg, seed)[1]
+    """Indices (B, P) of the P most underutilized windows of each image ``x`` (pixel space) under ``net``:
+    the P lowest scores of ``cfg.policy``, where ``vote`` scores a window by the sum of its ranks under the
+    three policies."""
+    args = (net, x.detach(), y, windows, normalize, cfg, seed)
     if cfg.policy == "vote":
-        score = sum(ranks(_scores(p, net, x, y, windows, normalize, cfg, seed)).float()
-                    for p in ("activation", "gradient", "jitter"))
-    else:
-        score = _scores(cfg.policy, net, x, y, windows, normalize, cfg, seed)
-    return ops.lowest_p(score, cfg.p)
+        score = sum(ranks(POLICY_SCORES[p](*args)[0]).float() for p in POLICY_SCORES)
+        return ops.lowest_p(score, cfg.p)
+    score, lowest = POLICY_SCORES[cfg.policy](*args)
+    return ops.lowest_p(score, cfg.p) if lowest is None else lowest
 
 
 def batch_weights(images: int, p: int, crop_share: float | None) -> torch.Tensor:

@@ -32,11 +32,12 @@ import torch
 
 from udd_fast import figures
 from udd_fast.config import CPU_QUICK_NOTES, UDDConfig, preset
+from udd_fast.coreset import herding_coreset, real_network
 from udd_fast.data import load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
-from udd_fast.evaluate import (DEFAULT_PROTOCOLS, EvalProtocol, evaluate, evaluate_images, herding_coreset, moved,
-                               protocol, random_baseline, real_network)
+from udd_fast.evaluate import (DEFAULT_PROTOCOLS, EvalProtocol, evaluate, evaluate_images, moved, protocol,
+                               random_baseline)
 from udd_fast.formation import decode
 from udd_fast.regions import candidate_windows, select_windows
 from udd_fast.synset import SyntheticSet

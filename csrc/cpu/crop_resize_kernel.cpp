@@ -23,8 +23,6 @@ int64_t grain(int64_t elements_per_item) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, elements_per_item));
 }
 
-Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
-
 void check_index_values(const at::Tensor& index, int64_t num_windows) {
   const int64_t* idx = index.const_data_ptr<int64_t>();
   for (int64_t k = 0; k < index.numel(); ++k) {
@@ -253,7 +251,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& windows, const at
 
 at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& windows, const at::Tensor& index,
                            bool with_source) {
-  const Geometry g = forward_geometry(images, windows, index, with_source);
+  const Geometry g = checked_geometry(images, windows, index, with_source, Pass::kForward);
   at::Tensor out = forward_output(images, g);
   if (out.numel() == 0) return out;
   const at::Tensor win = prepared_windows(windows, images.scalar_type());
@@ -266,7 +264,7 @@ at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& windows, 
 
 at::Tensor crop_resize_backward_cpu(const at::Tensor& grad, const at::Tensor& windows, const at::Tensor& index,
                                     bool with_source) {
-  const Geometry g = backward_geometry(grad, windows, index, with_source);
+  const Geometry g = checked_geometry(grad, windows, index, with_source, Pass::kBackward);
   at::Tensor grad_images = backward_output(grad, g);
   if (grad_images.numel() == 0) return grad_images;
   const at::Tensor win = prepared_windows(windows, grad.scalar_type());

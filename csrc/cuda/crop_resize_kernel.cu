@@ -1,13 +1,16 @@
-// CUDA kernels of crop_resize: one thread per output element for the forward (the sources of
-// with_source are copied by the same launch); one thread per input element for the backward, which
-// gathers in the fixed order of gather_grad (crop_resize_sampling.h), so it is deterministic.
+// CUDA kernels of crop_resize and their registration for CUDA tensors: one thread per output element for
+// the forward (the sources of with_source are copied by the same launch); one thread per input element for
+// the backward, which gathers in the fixed order of gather_grad (crop_resize_sampling.h), so it is
+// deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/macros/Macros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 
@@ -20,8 +23,6 @@ namespace {
 constexpr int kThreads = 256;
 
 int64_t blocks_for(int64_t total) { return std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 22); }
-
-Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 // Decodes linear element k of a (rows, C, H, W) tensor walked in memory order.
 struct Coord {
@@ -100,10 +101,9 @@ __global__ void gather_kernel(const scalar_t* __restrict__ grad, Strides4 gs, co
   }
 }
 
-}  // namespace
-
-void crop_resize_forward_cuda(const at::Tensor& images, const at::Tensor& windows, const at::Tensor& index,
-                              const Geometry& g, const at::Tensor& out) {
+// Launches into the preallocated `out`.
+void launch_forward(const at::Tensor& images, const at::Tensor& windows, const at::Tensor& index, const Geometry& g,
+                    const at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(images.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = out.numel();
@@ -117,8 +117,9 @@ void crop_resize_forward_cuda(const at::Tensor& images, const at::Tensor& window
   });
 }
 
-void crop_resize_backward_cuda(const at::Tensor& grad, const at::Tensor& windows, const at::Tensor& index,
-                               const Geometry& g, const at::Tensor& table, const at::Tensor& grad_images) {
+// Launches into the preallocated `table` (table_bytes(g, ...) bytes) and `grad_images`.
+void launch_backward(const at::Tensor& grad, const at::Tensor& windows, const at::Tensor& index, const Geometry& g,
+                     const at::Tensor& table, const at::Tensor& grad_images) {
   const c10::cuda::CUDAGuard guard(grad.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t entries = g.crops() * (static_cast<int64_t>(g.H) + g.W);
@@ -136,6 +137,33 @@ void crop_resize_backward_cuda(const at::Tensor& grad, const at::Tensor& windows
         strides_of(grad_images), total, g.C, g.H, g.W, g.B, g.P, g.with_source, g.channels_last);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& windows, const at::Tensor& index,
+                            bool with_source) {
+  const Geometry g = checked_geometry(images, windows, index, with_source, Pass::kForward);
+  at::Tensor out = forward_output(images, g);
+  if (out.numel() == 0) return out;
+  launch_forward(images, prepared_windows(windows, images.scalar_type()), prepared_index(index), g, out);
+  return out;
+}
+
+at::Tensor crop_resize_backward_cuda(const at::Tensor& grad, const at::Tensor& windows, const at::Tensor& index,
+                                     bool with_source) {
+  const Geometry g = checked_geometry(grad, windows, index, with_source, Pass::kBackward);
+  at::Tensor grad_images = backward_output(grad, g);
+  if (grad_images.numel() == 0) return grad_images;
+  at::Tensor table = at::empty({table_bytes(g, grad.scalar_type())}, grad.options().dtype(at::kByte));
+  launch_backward(grad, prepared_windows(windows, grad.scalar_type()), prepared_index(index), g, table,
+                  grad_images);
+  return grad_images;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(udd_fast, CUDA, m) {
+  m.impl("crop_resize", TORCH_FN(crop_resize_cuda));
+  m.impl("crop_resize_backward", TORCH_FN(crop_resize_backward_cuda));
 }
 
 }  // namespace udd_fast

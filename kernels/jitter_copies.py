@@ -12,14 +12,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .utils import NUM_WARPS
+
 KINDS = {"gaussian": 0, "uniform": 1, "salt_pepper": 2}
 BLOCK = 256  # groups of four per program: 1024 elements, 8 per thread with 4 warps
-NUM_WARPS = 4
 
 
 @triton.jit
-def _jitter_kernel(x_ptr, out_ptr, numel, n_groups, D1, D2, D3, s0, s1, s2, s3, strength, seed,
-                   KIND: tl.constexpr, CONTIG: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+def _jitter_copies_kernel(x_ptr, out_ptr, numel, n_groups, D1, D2, D3, s0, s1, s2, s3, strength, seed,
+                          KIND: tl.constexpr, CONTIG: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
     copy = tl.program_id(1).to(tl.int64)
     g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     k = tl.arange(0, 4)
@@ -58,7 +59,8 @@ def _jitter_kernel(x_ptr, out_ptr, numel, n_groups, D1, D2, D3, s0, s1, s2, s3, 
     tl.store(out_ptr + copy * numel + i, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def jitter(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian", seed: int = 0) -> torch.Tensor:
+def jitter_copies(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian",
+                  seed: int = 0) -> torch.Tensor:
     """``m`` jittered copies ``(m, *images.shape)`` of ``images``, same dtype, contiguous.
 
     gaussian: ``x + strength * N(0, 1)``; uniform: ``x + strength * U(-1, 1)``; salt_pepper: with probability
@@ -77,7 +79,7 @@ def jitter(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian"
     shape4 = [1] * (4 - src.dim()) + list(src.shape) if src.dim() <= 4 else [1, 1, 1, numel]
     stride4 = [0] * (4 - src.dim()) + list(src.stride()) if src.dim() <= 4 else [0, 0, 0, 1]
     n_groups = triton.cdiv(numel, 4)
-    _jitter_kernel[(triton.cdiv(n_groups, BLOCK), m)](
+    _jitter_copies_kernel[(triton.cdiv(n_groups, BLOCK), m)](
         src, out, numel, n_groups, shape4[1], shape4[2], shape4[3], *stride4, float(strength),
         int(seed) & 0x7FFFFFFFFFFFFFFF,
         KIND=KINDS[kind], CONTIG=src.is_contiguous(), F64=images.dtype == torch.float64, BLOCK=BLOCK,

@@ -1,0 +1,92 @@
+"""The Triton ``window_pool`` kernel against its plain-torch twin in ``udd_fast.reference``.
+
+Launch sizes and devices: see tests/kernel_params.py.
+"""
+import pytest
+import torch
+
+from kernel_params import DEVICES, DTYPES, TOL, cuda_only, gen
+from udd_fast import kernels, reference
+from windows import default_windows, random_windows
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["value", "abs"])
+def test_window_pool_default_windows_on_4x4_exact(device, mode):
+    win = default_windows().to(device)
+    x = torch.randn(3, 5, 4, 4, generator=gen(1)).to(device)
+    torch.testing.assert_close(kernels.window_pool(x, win, mode), reference.window_pool(x, win, mode), **TOL)
+
+    # One hot pixel at (1, 1): the 1/3 top-left window covers [0, 4/3)^2, so the pixel weighs (1/3)^2 of an
+    # area of (4/3)^2 = 1/16; the 1/2 one covers it fully (1/4); the 2/3 one covers [0, 8/3)^2 (9/64).
+    one = torch.zeros(1, 1, 4, 4, device=device)
+    one[0, 0, 1, 1] = 1.0
+    got = kernels.window_pool(one, win, mode)[0].cpu()
+    assert got[0].item() == pytest.approx(1 / 16, abs=1e-7)
+    assert got[4].item() == pytest.approx(1 / 4, abs=1e-7)
+    assert got[8].item() == pytest.approx(9 / 64, abs=1e-7)
+    assert got[[1, 2, 3, 5, 6, 7]].abs().max().item() == 0.0  # the other corners of groups 1/3 and 1/2
+    assert got[11].item() == pytest.approx((2 / 3) ** 2 / (8 / 3) ** 2, abs=1e-7)  # BR 2/3: [4/3, 4)^2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 12, 32])
+@pytest.mark.parametrize("mode", ["value", "abs"])
+def test_window_pool_matches_reference(device, dtype, n, mode):
+    g = gen(n)
+    win = random_windows(n, g).to(device)
+    x = torch.randn(3, 6, 7, 5, generator=g).to(device, dtype)  # odd h, w: not multiples of any block
+    got = kernels.window_pool(x, win, mode)
+    assert got.dtype == torch.float32 and got.shape == (3, n)
+    torch.testing.assert_close(got, reference.window_pool(x, win, mode), **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "channel_slice", "expanded"])
+def test_window_pool_strided_inputs(device, layout):
+    g = gen(2)
+    win = random_windows(12, g, outside=True).to(device)
+    base = torch.randn(4, 10, 9, 11, generator=g).to(device)
+    x = {"channels_last": base.to(memory_format=torch.channels_last),
+         "transposed": base.transpose(2, 3),
+         "channel_slice": base[:, 1::3],
+         "expanded": base[:1, :, :, :1].expand(4, 10, 9, 11)}[layout]
+    assert layout == "channels_last" or not x.is_contiguous()
+    for mode in ("value", "abs"):
+        torch.testing.assert_close(kernels.window_pool(x, win, mode), reference.window_pool(x, win, mode), **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("split", [None, (2, 1), (1, 3), (3, 2)])
+def test_window_pool_many_tiles_and_slices(device, split):
+    # 37x29 = 1073 pixels > BLOCK_HW and 40 channels > BLOCK_C: several tiles and channel chunks per image;
+    # split divides each image among up to 6 programs whose partials are summed in a fixed order.
+    g = gen(3)
+    win = random_windows(12, g).to(device)
+    x = torch.randn(5, 40, 37, 29, generator=g).to(device, torch.bfloat16)
+    want = reference.window_pool(x, win, "abs")
+    got = kernels.window_pool(x, win, "abs", split=split)
+    torch.testing.assert_close(got, want, **TOL)
+    assert torch.equal(got, kernels.window_pool(x, win, "abs", split=split))  # deterministic
+
+
+def test_window_pool_rejects_bad_arguments():
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError):
+        kernels.window_pool(x, default_windows(), "max")
+    with pytest.raises(ValueError):
+        kernels.window_pool(x, torch.zeros(3, 3))
+
+
+@cuda_only
+@pytest.mark.parametrize("shape,mode", [((10, 512, 7, 7), "value"), ((20, 128, 28, 28), "value"),
+                                        ((100, 128, 4, 4), "value"), ((16, 3, 224, 224), "abs")])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_window_pool_real_shapes(shape, mode, dtype):
+    # Small B makes the launch plan split images across programs; large B runs one program per image.
+    win = default_windows().cuda()
+    x = torch.randn(*shape, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+    got = kernels.window_pool(x, win, mode)
+    torch.testing.assert_close(got, reference.window_pool(x, win, mode), atol=1e-5, rtol=1e-4)
+    assert torch.equal(got, kernels.window_pool(x, win, mode))
