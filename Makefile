@@ -15,10 +15,13 @@ $(VENV)/.deps: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-# The compiled extension (CPU kernels, plus CUDA kernels when nvcc is present).
+# The compiled extension (CPU kernels, plus CUDA kernels when torch has CUDA and $CUDA_HOME/bin/nvcc exists).
+# pip -q hides the build's own messages, so the last line says which kernels were built, loudly when torch
+# has CUDA and the build has none.
 build: $(VENV)/.built
 $(VENV)/.built: $(VENV)/.deps setup.py $(shell find csrc -type f 2>/dev/null)
 	$(PY) -m pip install -q -e . --no-build-isolation --no-deps
+	$(PY) -c "import udd_fast._extension as e; e.check_build()"
 	touch $@
 
 # Fashion-MNIST offline from the Debian package when apt is there; otherwise torchvision downloads it.

@@ -1,7 +1,8 @@
 """Region search per policy, in ms per synthetic image: our single-pass scoring (one network pass, then
 window pooling through ``udd_fast.ops``, with the fast kernels or the plain-torch reference) against the
 naive scheme of the paper's Fig. 4(a), which crops every candidate window, upsamples it and runs the network
-once per window. The fast single pass is timed on CUDA only (on CPU Triton runs in its interpreter).
+once per window. The fast single pass is timed on CUDA only (on CPU Triton runs in its interpreter); on CUDA
+every scheme is timed with ``triton.testing.do_bench`` (``timing.timed``).
 
     pytest bench/test_bench_policies.py --benchmark-only
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from timing import DEVICE, synced
+from timing import DEVICE, timed
 from udd_fast import ops
 from udd_fast.models import build_model
 from udd_fast.regions import RegionConfig, candidate_windows, select_windows
@@ -67,8 +68,6 @@ def test_region_search(benchmark, case, policy, scheme):
         def fn():
             return naive_scores(policy, net, x, y, windows, cfg)
 
-    run = synced(fn)
     benchmark.group = f"region search {policy} {case} {DEVICE}"
-    benchmark.extra_info.update(device=DEVICE, images=b, backend=ops.get_backend())
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
-    benchmark.extra_info["ms_per_image"] = benchmark.stats.stats.mean * 1e3 / b
+    benchmark.extra_info.update(scheme=scheme)
+    timed(benchmark, fn, b)

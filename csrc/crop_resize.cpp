@@ -4,6 +4,7 @@
 #include <Python.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/ScalarType.h>
 #include <torch/library.h>
@@ -44,6 +45,15 @@ void check_windows_index(const at::Tensor& data, const at::Tensor& windows, cons
   TORCH_CHECK(index.numel() == 0 || windows.size(0) > 0, "crop_resize: index selects from an empty window set");
 }
 
+// Every index value must pick a row of windows (see checked_geometry in crop_resize.h for why on the host).
+void check_index_values(const at::Tensor& index, int64_t num_windows) {
+  if (index.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(index);
+  const int64_t low = lo.item<int64_t>(), high = hi.item<int64_t>();
+  TORCH_CHECK(low >= 0 && high < num_windows, "crop_resize: index value ", low < 0 ? low : high,
+              " is out of range for ", num_windows, " windows");
+}
+
 }  // namespace
 
 Geometry checked_geometry(const at::Tensor& data, const at::Tensor& windows, const at::Tensor& index,
@@ -55,6 +65,7 @@ Geometry checked_geometry(const at::Tensor& data, const at::Tensor& windows, con
     TORCH_CHECK(index.size(0) == data.size(0), "crop_resize: index has ", index.size(0), " rows for ",
                 data.size(0), " images");
   }
+  check_index_values(index, windows.size(0));
   Geometry g;
   g.B = index.size(0);
   g.P = index.size(1);

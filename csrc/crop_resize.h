@@ -42,11 +42,18 @@ struct Geometry {
 enum class Pass { kForward, kBackward };
 
 // Validate the arguments of the forward / backward op (`data` is images / grad) and return their geometry.
+// The index values are checked here, on the host, for every device: a bad index on a CUDA tensor then
+// raises a RuntimeError instead of tripping a device-side assert, which would leave the CUDA context
+// unusable. For CUDA tensors this costs one reduction and a copy of two numbers back (a synchronization).
 Geometry checked_geometry(const at::Tensor& data, const at::Tensor& windows, const at::Tensor& index,
                           bool with_source, Pass pass);
 
-// Strides of a 4-d tensor as the kernels take them.
-inline Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+// Strides of a 4-d tensor as the kernels take them (index_t: see bilinear() in crop_resize_sampling.h).
+template <typename index_t = int64_t>
+inline Strides<index_t> strides_of(const at::Tensor& t) {
+  return {static_cast<index_t>(t.stride(0)), static_cast<index_t>(t.stride(1)), static_cast<index_t>(t.stride(2)),
+          static_cast<index_t>(t.stride(3))};
+}
 
 // Windows in the accumulation type (float32, or float64 for float64 data), contiguous; index as
 // contiguous int64.

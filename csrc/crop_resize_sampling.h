@@ -153,36 +153,41 @@ UDD_HD AxisEntry<T> axis_entry(const AxisBox<T>& box, int a, int length, bool wi
   return e;
 }
 
-// Bilinear value of one output pixel, in the same operation order as roi_align.
-template <typename T, typename scalar_t>
-UDD_HD T bilinear(const scalar_t* plane, int64_t stride_h, int64_t stride_w, const Sample<T>& sy,
+// Bilinear value of one output pixel, in the same operation order as roi_align. Offsets are computed in
+// index_t: the CUDA kernels pass uint32_t when every offset of the call fits in 31 bits (cheaper products).
+template <typename T, typename scalar_t, typename index_t>
+UDD_HD T bilinear(const scalar_t* plane, index_t stride_h, index_t stride_w, const Sample<T>& sy,
                   const Sample<T>& sx, int height, int width) {
   if (!valid(sy, height) || !valid(sx, width)) return static_cast<T>(0);
   const T w1 = sy.w_low * sx.w_low, w2 = sy.w_low * sx.w_high;
   const T w3 = sy.w_high * sx.w_low, w4 = sy.w_high * sx.w_high;
-  const scalar_t* row_low = plane + sy.low * stride_h;
-  const scalar_t* row_high = plane + sy.high * stride_h;
-  const T v1 = static_cast<T>(row_low[sx.low * stride_w]), v2 = static_cast<T>(row_low[sx.high * stride_w]);
-  const T v3 = static_cast<T>(row_high[sx.low * stride_w]), v4 = static_cast<T>(row_high[sx.high * stride_w]);
+  const scalar_t* row_low = plane + static_cast<index_t>(sy.low) * stride_h;
+  const scalar_t* row_high = plane + static_cast<index_t>(sy.high) * stride_h;
+  const index_t x_low = static_cast<index_t>(sx.low) * stride_w, x_high = static_cast<index_t>(sx.high) * stride_w;
+  const T v1 = static_cast<T>(row_low[x_low]), v2 = static_cast<T>(row_low[x_high]);
+  const T v3 = static_cast<T>(row_high[x_low]), v4 = static_cast<T>(row_high[x_high]);
   return w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4;
 }
 
-// Strides of a 4-d tensor (N, C, H, W), in elements.
-struct Strides4 {
-  int64_t n, c, h, w;
+// Strides of a 4-d tensor (N, C, H, W), in elements, in the index type of the kernel that reads them.
+template <typename index_t>
+struct Strides {
+  index_t n, c, h, w;
 };
+using Strides4 = Strides<int64_t>;
 
 // Gradient of input pixel (b, c, y, x). `table` holds, per crop n = b*P + p, height + width entries
-// (rows, then columns) with ranges; `grad` is the gradient of the whole output.
-template <typename T, typename scalar_t>
-UDD_HD T gather_grad(const scalar_t* grad, const Strides4& gs, const AxisEntry<T>* table, int64_t b,
-                     int64_t c, int y, int x, int64_t P, int height, int width, bool with_source,
-                     int64_t B) {
-  T acc = with_source ? static_cast<T>(grad[b * gs.n + c * gs.c + y * gs.h + x * gs.w]) : static_cast<T>(0);
-  const int64_t first_crop_row = with_source ? B : 0;
-  const int64_t span = static_cast<int64_t>(height) + width;
-  for (int64_t p = 0; p < P; ++p) {
-    const int64_t n = b * P + p;
+// (rows, then columns) with ranges; `grad` is the gradient of the whole output. Offsets in index_t, as in
+// bilinear().
+template <typename T, typename scalar_t, typename index_t>
+UDD_HD T gather_grad(const scalar_t* grad, const Strides<index_t>& gs, const AxisEntry<T>* table, index_t b,
+                     index_t c, int y, int x, index_t P, int height, int width, bool with_source, index_t B) {
+  const index_t yy = static_cast<index_t>(y), xx = static_cast<index_t>(x);
+  T acc = with_source ? static_cast<T>(grad[b * gs.n + c * gs.c + yy * gs.h + xx * gs.w]) : static_cast<T>(0);
+  const index_t first_crop_row = with_source ? B : 0;
+  const index_t span = static_cast<index_t>(height) + static_cast<index_t>(width);
+  for (index_t p = 0; p < P; ++p) {
+    const index_t n = b * P + p;
     const AxisEntry<T>* rows = table + n * span;
     const AxisEntry<T>* cols = rows + height;
     const Range ry = rows[y].range, rx = cols[x].range;
@@ -190,10 +195,10 @@ UDD_HD T gather_grad(const scalar_t* grad, const Strides4& gs, const AxisEntry<T
     const scalar_t* g = grad + (first_crop_row + n) * gs.n + c * gs.c;
     for (int i = ry.begin; i < ry.end; ++i) {
       const T wy = tap_weight(rows[i].sample, y);
-      const scalar_t* g_row = g + i * gs.h;
+      const scalar_t* g_row = g + static_cast<index_t>(i) * gs.h;
       T row_sum = static_cast<T>(0);
       for (int j = rx.begin; j < rx.end; ++j) {
-        row_sum += tap_weight(cols[j].sample, x) * static_cast<T>(g_row[j * gs.w]);
+        row_sum += tap_weight(cols[j].sample, x) * static_cast<T>(g_row[static_cast<index_t>(j) * gs.w]);
       }
       acc += wy * row_sum;
     }

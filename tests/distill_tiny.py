@@ -1,4 +1,5 @@
-"""A tiny distillation run as a script, for torchrun: ``distill_tiny.py OUT_DIR loop|batched``."""
+"""A tiny distillation run as a script, for torchrun: ``distill_tiny.py OUT_DIR loop|batched [POLICY]``
+(POLICY: a region policy, activation by default)."""
 import os
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ from udd_fast import Distiller, RegionConfig  # noqa: E402
 torch.set_num_threads(1)
 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
     dist.init_process_group("gloo")
+policy = sys.argv[3] if len(sys.argv) > 3 else "activation"
+# layer 0: a 6x6 map at 12 px, where windows differ (the last block's map is 1x1: every window ties)
 cfg = fixed_net_config(outer=2, inner=3, net_batches=1, net_batch=8, cfc=True, lr_img=1.0, checkpoint_every=1,
-                       dsa="color_crop_cutout", step=sys.argv[2], regions=RegionConfig(policy="activation", p=3))
+                       dsa="color_crop_cutout", step=sys.argv[2], regions=RegionConfig(policy=policy, p=3, layer=0))
 Distiller(tiny_data(classes=4), cfg, out_dir=sys.argv[1]).run(progress=False)
 if dist.is_initialized():
     dist.destroy_process_group()

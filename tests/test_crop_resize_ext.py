@@ -2,7 +2,8 @@
 
 Forward and backward per dtype, window borders and odd sizes, channels_last, with_source, gradcheck and
 gradgradcheck, opcheck, determinism across runs and thread counts, torch.compile, and the dispatch from
-``udd_fast.ops``. The CUDA section runs where a GPU is present.
+``udd_fast.ops`` (including the fallback when the build has no kernel for the tensors' device). The CUDA
+section runs where a GPU is present.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.ops import roi_align
 
 from udd_fast import _extension, ops, reference
+from udd_fast.errors import UDDError
 from windows import default_windows, random_windows
 
 OP = torch.ops.udd_fast.crop_resize
@@ -115,8 +117,11 @@ def test_forward_empty_and_bad_arguments():
     images, windows, index = make_case(torch.float32, p=2)
     assert OP(images, windows, index[:, :0], False).shape == (0, 2, 13, 17)
     assert torch.equal(OP(images, windows, index[:, :0], True), images)
-    with pytest.raises(RuntimeError, match="out of range"):
-        OP(images, windows, torch.full_like(index, len(windows)), False)
+    for bad in (torch.full_like(index, len(windows)), torch.full_like(index, -1), index.int().fill_(len(windows))):
+        with pytest.raises(RuntimeError, match="out of range"):
+            OP(images, windows, bad, False)
+        with pytest.raises(RuntimeError, match="out of range"):
+            OP_BACKWARD(torch.zeros(3 * 2, 2, 13, 17), windows, bad, False)
     with pytest.raises(RuntimeError, match=r"\(N, 4\)"):
         OP(images, windows[:, :3], index, False)
     with pytest.raises(RuntimeError, match="rows"):
@@ -250,6 +255,72 @@ def test_available_warns_once_when_not_built(monkeypatch):
         assert not _extension.available()
 
 
+@pytest.fixture
+def no_kernel_for(monkeypatch):
+    """Make the dispatcher report no crop_resize kernel for one dispatch key, as a build without it would
+    (a CPU-only build for "CUDA"); the warnings are reset so that each test sees its first one."""
+    query = torch._C._dispatch_has_kernel_for_dispatch_key
+    monkeypatch.setattr(_extension, "_warned_devices", set())
+
+    def missing(key):
+        monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
+                            lambda op, k: False if (op, k) == ("udd_fast::crop_resize", key) else query(op, k))
+
+    return missing
+
+
+def test_has_kernel_asks_the_dispatcher():
+    assert _extension.has_kernel("cpu") and _extension.has_kernel(torch.device("cpu"))
+    assert _extension.has_kernel("cuda") == torch._C._dispatch_has_kernel_for_dispatch_key("udd_fast::crop_resize",
+                                                                                            "CUDA")
+
+
+def test_cpu_only_build_cuda_fallback_and_fast_error(no_kernel_for):
+    """What a CPU-only build does for CUDA tensors (no GPU needed: the device is only named)."""
+    no_kernel_for("CUDA")
+    assert _extension.has_kernel("cpu") and not _extension.has_kernel("cuda")
+    with pytest.warns(UserWarning, match=r"no CUDA kernel for crop_resize \(built CPU only"):
+        assert not _extension.available(torch.device("cuda", 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per device type
+        assert not _extension.available("cuda")
+        assert _extension.available("cpu")
+    with pytest.raises(UDDError, match="backend 'fast' needs a crop_resize kernel for cuda tensors") as err:
+        _extension.require("cuda")
+    assert "\n" not in str(err.value) and "CUDA_HOME" in str(err.value)
+    _extension.require("cpu")
+
+
+def test_check_build_reports_the_devices(no_kernel_for, monkeypatch, capsys):
+    assert _extension.check_build("cpu") == 0
+    assert "crop_resize kernels for cpu" in capsys.readouterr().out
+    no_kernel_for("CUDA")
+    monkeypatch.setattr(torch.version, "cuda", "12.4")  # torch with CUDA, a build without it
+    monkeypatch.delenv("UDD_FAST_CPU_ONLY", raising=False)
+    assert _extension.check_build() == 0 and _extension.check_build("cuda") == 1
+    assert "built CPU ONLY" in capsys.readouterr().err
+    monkeypatch.setenv("UDD_FAST_CPU_ONLY", "1")  # asked for: no banner
+    assert _extension.check_build("cpu") == 0 and "CPU ONLY" not in capsys.readouterr().err
+
+
+def test_ops_falls_back_when_the_device_has_no_kernel(no_kernel_for, monkeypatch):
+    """The path a CUDA tensor takes on a CPU-only build, taken here by CPU tensors with the CPU kernel hidden:
+    ``auto`` uses the reference with one warning and never calls the op; ``fast`` raises."""
+    no_kernel_for("CPU")
+    images, windows, index = make_case(torch.float32, seed=13)
+    monkeypatch.setattr(ops, "_backend", "auto")
+    with _RecordOps() as rec, pytest.warns(UserWarning, match="no CPU kernel for crop_resize"):
+        out = ops.crop_resize(images, windows, index, with_source=True)
+    assert not any(name.startswith("udd_fast") for name in rec.names), rec.names
+    torch.testing.assert_close(out, reference.crop_resize(images, windows, index, True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.crop_resize(images, windows, index)
+    monkeypatch.setattr(ops, "_backend", "fast")
+    with pytest.raises(UDDError, match="no CPU kernel"):
+        ops.crop_resize(images, windows, index)
+
+
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
@@ -305,3 +376,37 @@ class TestCUDA:
     def test_opcheck(self):
         images, windows, index = make_case(torch.float32, b=2, c=3, h=6, w=5, p=3, seed=24)
         torch.library.opcheck(OP, (images.cuda().requires_grad_(), windows.cuda(), index.cuda(), True))
+
+    def test_build_has_the_cuda_kernel(self):
+        assert _extension.has_kernel("cuda"), "udd_fast._C was built without its CUDA kernels"
+
+    def test_bad_index_raises_on_the_host(self):
+        """Checked before any launch: a RuntimeError, not a device-side assert that would poison the context."""
+        images, windows, index = make_case(torch.float32, seed=25)
+        images, windows = images.cuda(), windows.cuda()
+        for bad in (torch.full_like(index, len(windows)), torch.full_like(index, -3)):
+            with pytest.raises(RuntimeError, match="out of range"):
+                OP(images, windows, bad.cuda(), True)
+            with pytest.raises(RuntimeError, match="out of range"):
+                OP_BACKWARD(torch.zeros(3 + 15, 2, 13, 17, device="cuda"), windows, bad.cuda(), True)
+        torch.testing.assert_close(OP(images, windows, index.cuda(), True).cpu(),
+                                   OP(images.cpu(), windows.cpu(), index, True), rtol=1e-5, atol=1e-5)
+
+    def test_64bit_index_path(self):
+        """Offsets past 2**31 elements take the uint64 index math: views into a 6 GiB float16 buffer whose rows
+        lie 2**31 (images) and 2**29 (gradient) elements apart, against the same values packed densely (the
+        uint32 path): the same arithmetic, so bit-identical."""
+        gen = torch.Generator().manual_seed(26)
+        b, c, h, w, p = 2, 3, 16, 16, 2
+        windows = torch.cat([default_windows(dtype=torch.float64), random_windows(4, gen)]).float().cuda()
+        index = torch.randint(0, len(windows), (b, p), generator=gen).cuda()
+        buffer = torch.empty(2**31 + 2**30, dtype=torch.float16, device="cuda")
+        images = buffer.as_strided((b, c, h, w), (2**31, h * w, w, 1))
+        images.copy_(torch.randn(b, c, h, w, generator=gen).half())
+        grad = buffer.as_strided((b + b * p, c, h, w), (2**29, h * w, w, 1), 1024)  # apart from images
+        grad.copy_(torch.randn(grad.shape, generator=gen).half())
+        assert torch.equal(OP(images, windows, index, True), OP(images.contiguous(), windows, index, True))
+        assert torch.equal(OP_BACKWARD(grad, windows, index, True),
+                           OP_BACKWARD(grad.contiguous(), windows, index, True))
+        del buffer, images, grad
+        torch.cuda.empty_cache()

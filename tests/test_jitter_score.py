@@ -74,6 +74,32 @@ def test_jitter_score_exact_ties_go_to_lower_index(device, split):
     assert torch.equal(index.cpu(), want_index)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 0, 4, 4), (2, 3, 0, 4)])
+def test_jitter_score_without_channels_or_pixels_is_nan_like_the_reference(device, shape):
+    x = torch.zeros(shape, device=device)
+    sigma, index = kernels.jitter_score(x, x.unsqueeze(0), default_windows().to(device), 5)
+    want_sigma, want_index = reference.jitter_score(x, x.unsqueeze(0), default_windows().to(device), 5)
+    torch.testing.assert_close(sigma, want_sigma, equal_nan=True)
+    assert sigma.isnan().all() and torch.equal(index, want_index)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_jitter_score_many_windows_and_slices(device):
+    # 200 windows, 30 of them repeated (exact ties, which go to the lower index): the ranking compares them
+    # 4 at a time. 40 slices per image: the finishing program sums the partials in chunks of 32.
+    g = gen(13)
+    win = random_windows(170, g, outside=True)
+    win = torch.cat([win, win[:30]])[torch.randperm(200, generator=g)].to(device)
+    x = torch.randn(2, 3, 160, 5, generator=g).to(device)
+    jit = jittered_copies(x, 2, g)
+    want_sigma, want_index = reference.jitter_score(x, jit, win, 50)
+    for split in (None, (40, 1)):
+        sigma, index = kernels.jitter_score(x, jit, win, 50, split=split)
+        torch.testing.assert_close(sigma, want_sigma, atol=1e-5, rtol=1e-4)
+        assert torch.equal(index, want_index)
+
+
 def test_jitter_score_rejects_bad_arguments():
     x = torch.zeros(2, 1, 4, 4)
     with pytest.raises(ValueError):

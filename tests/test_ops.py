@@ -62,3 +62,34 @@ def test_crop_resize_auto_backend_falls_back_with_one_warning(monkeypatch, exten
     with pytest.warns(UserWarning, match="compiled extension not built"):
         out = ops.crop_resize(images, windows, index)
     torch.testing.assert_close(out, reference.crop_resize(images, windows, index))
+
+
+def custom_op_cases():
+    win = default_windows()
+    x = torch.randn(2, 3, 5, 4, generator=gen(11))
+    jit = x.unsqueeze(0) + 0.1 * torch.randn(2, *x.shape, generator=gen(12))
+    return [("window_pool", (x, win, "abs")), ("jitter_score", (x, jit, win, 3, "value")),
+            ("jitter_copies", (x, 2, 0.1, "gaussian", 5 + (1 << 40), 7))]
+
+
+@pytest.mark.skipif(not INTERPRET, reason="runs the Triton ops on CPU tensors, in the interpreter")
+@pytest.mark.parametrize("name,args", custom_op_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_triton_custom_ops_pass_opcheck(name, args):
+    # Schema, fake (meta) implementation against the kernel, and tracing under AOT dispatch.
+    torch.library.opcheck(getattr(torch.ops.udd_fast, name).default, args)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="runs the Triton ops on CPU tensors, in the interpreter")
+def test_torch_compile_traces_through_the_triton_ops(fast_backend):
+    win = default_windows()
+    x = torch.rand(2, 3, 8, 8, generator=gen(13))
+
+    def score(images):
+        copies = ops.jitter_copies(images, 2, 0.1, "gaussian", seed=3, first_image=4)
+        pooled = ops.window_pool(images, win, "abs")
+        sigma, index = ops.jitter_score(images, copies, win, 3)
+        return pooled, sigma, index
+
+    compiled = torch.compile(score, fullgraph=True, backend="aot_eager")  # fullgraph: no break at a launch
+    for got, want in zip(compiled(x), score(x)):
+        assert torch.equal(got, want)

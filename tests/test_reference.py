@@ -112,3 +112,32 @@ def test_jitter_score_and_jitter_copies_reference():
     sp = reference.jitter_copies(torch.full((1, 1, 100, 100), 0.5), 1, 0.2, "salt_pepper", seed=0)
     hit = (sp != 0.5).float().mean().item()
     assert 0.17 < hit < 0.23
+
+
+# Random123's known-answer tests for philox4x32-10 (kat_vectors): (counter, key) -> output.
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("counter,key,want", PHILOX_KAT)
+def test_philox_known_answers(counter, key, want):
+    got = reference.philox4x32(key[0] | key[1] << 32, *(torch.tensor([c]) for c in counter))
+    assert tuple(int(w) for w in got) == want
+
+
+def test_jitter_noise_definition():
+    """Uniforms in [0, 1) from the 31-bit magnitude of each Philox word; element e of image i in copy c is word
+    e % 4 of the counter (e // 4, i, c, i >> 32)."""
+    u = reference.jitter_noise((3, 10), 2, "uniform", seed=5, first_image=1 << 32)
+    assert u.shape == (2, 3, 10) and u.dtype == torch.float32 and 0 <= u.min() and u.max() < 1
+    words = reference.philox4x32(5, torch.tensor(2), torch.tensor(1), torch.tensor(1), torch.tensor(1))
+    word = int(words[1])  # element 9 = group 2, word 1, of image 1 << 32 | 1 in copy 1
+    magnitude = word if word < 1 << 31 else (1 << 32) - 1 - word
+    scale = torch.tensor(reference.JITTER_UNIFORM_SCALE, dtype=torch.float32)
+    assert u[1, 1, 9] == torch.tensor(magnitude, dtype=torch.float32) * scale
+    n = reference.jitter_noise((50, 1000), 1, "gaussian", seed=1)
+    assert abs(n.mean().item()) < 0.02 and abs(n.std().item() - 1) < 0.02

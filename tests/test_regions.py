@@ -8,7 +8,7 @@ from udd_fast import ops
 from udd_fast.errors import UDDError
 from udd_fast.formation import decode, mix_init, tile_bounds
 from udd_fast.models import ConvNet
-from udd_fast.regions import (RegionConfig, candidate_windows, check_image_size, ranks,
+from udd_fast.regions import (RegionConfig, candidate_windows, check_image_size, jitter_seed, ranks,
                               select_windows, training_batch)
 
 
@@ -45,6 +45,27 @@ def test_policy_picks_planted_constant_corner(policy):
     cfg = RegionConfig(policy=policy, p=1, m=2, jitter_strength=0.05)
     idx = select_windows(ThresholdNet(), x, y, candidate_windows(), lambda t: t, cfg, seed=1)
     assert idx.tolist() == [[0], [0], [0]]  # window 0 is the top-left third
+
+
+@pytest.mark.parametrize("policy", ["gradient", "jitter", "vote"])
+def test_policies_do_not_depend_on_the_batch(policy):
+    # An image's windows depend on the image and (seed, its global index), not on the other images of its
+    # batch: classes split over processes select what one process would.
+    g = torch.Generator().manual_seed(3)
+    x = 0.3 + 0.7 * torch.rand(5, 1, 12, 12, generator=g)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    cfg = RegionConfig(policy=policy, p=6, m=2, jitter_strength=0.2)
+    args = (ThresholdNet(), candidate_windows(), lambda t: t, cfg)
+
+    def pick(lo, hi):
+        return select_windows(args[0], x[lo:hi], y[lo:hi], *args[1:], seed=jitter_seed(4, 9), first_image=lo)
+
+    assert torch.equal(pick(0, 5), torch.cat([pick(0, 2), pick(2, 5)]))
+
+
+def test_jitter_seed_keys_every_seed_and_step_apart():
+    keys = {jitter_seed(seed, step) for seed in (0, 1, 2 ** 32 - 1) for step in (0, 1, 2 ** 31 - 1)}
+    assert len(keys) == 9 and all(0 <= k < 2 ** 63 for k in keys)
 
 
 def test_policy_indices_valid_on_convnet():

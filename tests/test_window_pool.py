@@ -7,6 +7,8 @@ import torch
 
 from kernel_params import DEVICES, DTYPES, TOL, cuda_only, gen
 from udd_fast import kernels, reference
+from udd_fast.errors import UDDError
+from udd_fast.kernels import utils
 from windows import default_windows, random_windows
 
 
@@ -71,12 +73,43 @@ def test_window_pool_many_tiles_and_slices(device, split):
     assert torch.equal(got, kernels.window_pool(x, win, "abs", split=split))  # deterministic
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 0, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0)])
+def test_window_pool_without_channels_or_pixels_is_nan_like_the_reference(device, shape):
+    x = torch.zeros(shape, device=device)
+    got = kernels.window_pool(x, default_windows().to(device))
+    torch.testing.assert_close(got, reference.window_pool(x, default_windows().to(device)), equal_nan=True)
+    assert got.isnan().all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_window_pool_many_windows(device):
+    # 200 windows: the accumulator tile is 256 windows wide and 8 pixels long.
+    g = gen(12)
+    win = random_windows(200, g, outside=True).to(device)
+    x = torch.randn(2, 5, 9, 7, generator=g).to(device)
+    torch.testing.assert_close(kernels.window_pool(x, win, "abs"), reference.window_pool(x, win, "abs"), **TOL)
+
+
 def test_window_pool_rejects_bad_arguments():
     x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(ValueError):
         kernels.window_pool(x, default_windows(), "max")
     with pytest.raises(ValueError):
         kernels.window_pool(x, torch.zeros(3, 3))
+    with pytest.raises(UDDError, match="at most 256"):
+        kernels.window_pool(x, torch.rand(257, 4))
+
+
+def test_window_pool_refuses_launches_past_the_grid_and_32_bit_offsets():
+    # 2^21 rows of 1 pixel in 32-row tiles times 4 channel chunks: 262144 slices > 65535 (grid dimension y).
+    # An expanded map needs no memory; the error comes before any launch.
+    tall = torch.zeros(1, 1, 1, 1).expand(1, 64, 2 ** 21, 1)
+    with pytest.raises(UDDError, match="65535"):
+        kernels.window_pool(tall, default_windows(), split=(2 ** 16, 4))
+    wide = torch.empty_strided((1, 2, 2, 2), (0, 2 ** 31, 2, 1), device="meta")
+    with pytest.raises(UDDError, match="2\\^31"):
+        utils.check_span(wide, slice(1, None), "window_pool")
 
 
 @cuda_only

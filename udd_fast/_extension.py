@@ -3,10 +3,14 @@
 Importing ``udd_fast._C`` registers ``torch.ops.udd_fast.crop_resize`` and ``crop_resize_backward`` with
 their CPU (and, when built with CUDA, CUDA) kernels and their autograd; this module adds the fake
 implementations that ``torch.compile`` and ``torch.library.opcheck`` need. ``udd_fast`` requires the
-extension only under backend ``fast`` (:func:`require`); otherwise :func:`available` says whether it is there.
+extension only under backend ``fast`` (:func:`require`); otherwise :func:`available` says whether it is there
+and has a kernel for the tensors' device. A build can load and still lack the CUDA kernels (built where no
+nvcc was found), so the device is asked of the dispatcher, not inferred from a successful import.
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import torch
@@ -21,27 +25,76 @@ else:
     _load_error = None
 
 _warned = False
+_warned_devices: set[str] = set()
+_BUILD = "`make build` (or `python setup.py build_ext --inplace`)"
 
 
-def available() -> bool:
-    """True when the compiled ops are registered; otherwise warns once and returns False."""
+def _dispatch_key(device: torch.device | str) -> str:
+    kind = torch.device(device).type
+    return {"cpu": "CPU", "cuda": "CUDA"}.get(kind, kind.upper())
+
+
+def has_kernel(device: torch.device | str) -> bool:
+    """True when the extension is loaded and registers a ``crop_resize`` kernel for tensors on ``device``."""
+    return _load_error is None and torch._C._dispatch_has_kernel_for_dispatch_key("udd_fast::crop_resize",
+                                                                                   _dispatch_key(device))
+
+
+def _missing_kernel(device: torch.device | str) -> str:
+    key = _dispatch_key(device)
+    why = " (built CPU only: no nvcc under CUDA_HOME at build time, or UDD_FAST_CPU_ONLY=1)" if key == "CUDA" else ""
+    return f"udd_fast._C has no {key} kernel for crop_resize{why}"
+
+
+def available(device: torch.device | str | None = None) -> bool:
+    """True when the compiled ops are registered and, given ``device``, have a kernel for its tensors;
+    otherwise warns once (once per device type for a missing kernel) and returns False."""
     global _warned
-    if _load_error is None:
+    if _load_error is not None:
+        if not _warned:
+            _warned = True
+            warnings.warn(f"udd_fast: compiled extension not built ({_load_error}); crop_resize uses the reference. "
+                          "Build with `make build` / pip install -e . --no-build-isolation", stacklevel=2)
+        return False
+    if device is None or has_kernel(device):
         return True
-    if not _warned:
-        _warned = True
-        warnings.warn(f"udd_fast: compiled extension not built ({_load_error}); crop_resize uses the reference. "
-                      "Build with `make build` / pip install -e . --no-build-isolation", stacklevel=2)
+    kind = torch.device(device).type
+    if kind not in _warned_devices:
+        _warned_devices.add(kind)
+        warnings.warn(f"udd_fast: {_missing_kernel(device)}; crop_resize on {kind} tensors uses the reference. "
+                      f"Rebuild with {_BUILD} and CUDA_HOME pointing at a CUDA toolkit", stacklevel=2)
     return False
 
 
-def require() -> None:
-    """Raise :class:`UDDError` (one line, with the fix) unless the compiled ops are registered."""
+def require(device: torch.device | str | None = None) -> None:
+    """Raise :class:`UDDError` (one line, with the fix) unless the compiled ops are registered and, given
+    ``device``, have a kernel for its tensors."""
     if _load_error is not None:
         reason = " ".join(str(_load_error).split())
         raise UDDError(f"udd_fast: backend 'fast' needs the compiled extension udd_fast._C, which is not built "
-                       f"({reason}); build it with `make build` (or `python setup.py build_ext --inplace`), or "
-                       "use backend 'auto' to fall back to the reference")
+                       f"({reason}); build it with {_BUILD}, or use backend 'auto' to fall back to the reference")
+    if device is not None and not has_kernel(device):
+        raise UDDError(f"udd_fast: backend 'fast' needs a crop_resize kernel for {torch.device(device).type} "
+                       f"tensors, but {_missing_kernel(device)}; rebuild with {_BUILD} and CUDA_HOME pointing at a "
+                       "CUDA toolkit, or use backend 'auto' to fall back to the reference")
+
+
+def check_build(require_device: str | None = None) -> int:
+    """Print which devices the compiled kernels cover; on stderr, loudly, when torch has CUDA and the build
+    has no CUDA kernel (unless UDD_FAST_CPU_ONLY=1 asked for that). Returns 1 when the extension is not loaded
+    or lacks ``require_device``'s kernel."""
+    if _load_error is not None:
+        print(f"udd_fast._C: NOT LOADED ({' '.join(str(_load_error).split())})", file=sys.stderr)
+        return 1
+    kinds = [k for k in ("cpu", "cuda") if has_kernel(k)]
+    cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
+    print(f"udd_fast._C: crop_resize kernels for {', '.join(kinds) or 'no device'} (torch {torch.__version__}, {cuda})")
+    if torch.version.cuda and "cuda" not in kinds and os.environ.get("UDD_FAST_CPU_ONLY") != "1":
+        bar = "!" * 100
+        print(f"{bar}\nudd_fast: torch has {cuda} but the extension was built CPU ONLY: crop_resize on CUDA tensors "
+              f"uses the slower reference (backend 'fast' raises).\nRebuild with {_BUILD} and CUDA_HOME pointing at a CUDA "
+              f"toolkit (the build log says what was missing).\n{bar}", file=sys.stderr)
+    return 0 if require_device is None or require_device in kinds else 1
 
 
 def _prefers_channels_last(t: torch.Tensor) -> bool:

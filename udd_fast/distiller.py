@@ -59,7 +59,8 @@ from udd_fast.image_step import ClassSGD
 from udd_fast.losses import autocast, cfc_loss, ema_update, grad_match, matched_names, soft_cross_entropy
 from udd_fast.metrics import peak_memory
 from udd_fast.models import build_model, network_optimizer
-from udd_fast.regions import batch_weights, candidate_windows, check_image_size, select_windows, training_batch
+from udd_fast.regions import (batch_weights, candidate_windows, check_image_size, jitter_seed, select_windows,
+                             training_batch)
 from udd_fast.synset import SyntheticSet
 
 
@@ -102,6 +103,9 @@ class Distiller:
         self.classes = [c for c in range(self.num_classes) if c * self.world // self.num_classes == self.rank]
         self.class_mask = torch.zeros(self.num_classes, device=self.device)  # 1 for this process's classes
         self.class_mask[self.classes] = 1
+        # class index tensors made once: building them from lists every step copies host -> device each time
+        self.own_index = torch.tensor(self.classes, device=self.device)
+        self.group_index = {tuple(g): torch.tensor(g, device=self.device) for g in self.class_groups()}
         self.history: list[dict] = []
 
     # --- Algorithm 1 ----------------------------------------------------------------------------------
@@ -211,7 +215,7 @@ class Distiller:
         """dL/dS of this process's classes, accumulated into ``syn.grad`` (no step is taken). Returns every
         class's matching term (K,) and the bank updated with every class's mean synthetic embedding."""
         params = {n: p.detach() for n, p in net.named_parameters()}
-        index = self.underutilized_windows(net, syn, seed=step)
+        index = self.underutilized_windows(net, syn, step)
         reals, draws = self.draw_real(self.classes)
         match = torch.zeros(self.num_classes, device=self.device)
         f_bar = torch.zeros_like(bank)
@@ -227,17 +231,22 @@ class Distiller:
         ``step="loop"``, all of them in one vmap under ``step="batched"`` (the same losses, one backward)."""
         return [self.classes] if self.cfg.step == "batched" else [[c] for c in self.classes]
 
-    def underutilized_windows(self, net, syn: torch.Tensor, seed: int) -> torch.Tensor | None:
+    def underutilized_windows(self, net, syn: torch.Tensor, step: int) -> torch.Tensor | None:
         """Indices (classes, decoded images per class, P) of the P most underutilized windows of every decoded
-        image of this process's classes (rows of other classes stay 0); None without regions."""
+        image of this process's classes (rows of other classes stay 0); None without regions. The jitter noise
+        is keyed by (cfg.seed, step) and each image's global index, so it does not depend on how the classes
+        are split over processes."""
         cfg = self.cfg
         if cfg.regions.policy is None:
             return None
-        own = torch.tensor(self.classes, device=self.device)
+        own = self.own_index
+        per_class = cfg.ipc * cfg.factor ** 2
         images = decode(syn.detach().unflatten(0, (self.num_classes, cfg.ipc))[own].flatten(0, 1), cfg.factor)
-        labels = own.repeat_interleave(cfg.ipc * cfg.factor ** 2)
+        labels = own.repeat_interleave(per_class)
         with autocast(self.device.type, cfg.precision):
-            index = select_windows(net, images, labels, self.windows, self.data.normalize, cfg.regions, seed)
+            # this process's classes are contiguous, so its decoded images are too, from class classes[0]'s first
+            index = select_windows(net, images, labels, self.windows, self.data.normalize, cfg.regions,
+                                   jitter_seed(cfg.seed, step), first_image=self.classes[0] * per_class)
         full = index.new_zeros(self.num_classes, images.shape[0] // len(own), cfg.regions.p)
         full[own] = index.unflatten(0, (len(own), -1))
         return full
@@ -256,7 +265,7 @@ class Distiller:
         class's shared DSA draw, plus lambda * CFC. Returns ``(loss, matching terms (g,), mean synthetic
         embeddings (g, D))``."""
         cfg, norm, g = self.cfg, self.data.normalize, len(classes)
-        cls = torch.tensor(classes, device=self.device)
+        cls = self.group_index[tuple(classes)]
         s = syn.unflatten(0, (self.num_classes, cfg.ipc))[cls].flatten(0, 1)
         x_syn = decode(s, cfg.factor)
         p = 0 if index is None else cfg.regions.p

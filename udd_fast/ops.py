@@ -4,11 +4,13 @@ backend), so that every region policy selects its windows through this module, a
 
 Backend choice (environment variable ``UDD_FAST_BACKEND``, or :func:`set_backend`):
 
-* ``auto`` (default): CUDA tensors go to the Triton kernels, ``crop_resize`` goes to the compiled extension
-  on any device when it is built; everything else uses :mod:`udd_fast.reference`.
+* ``auto`` (default): CUDA tensors go to the Triton kernels (as ``torch.ops.udd_fast`` custom ops),
+  ``crop_resize`` goes to the compiled extension on any device it has a kernel for; everything else uses
+  :mod:`udd_fast.reference`.
 * ``reference``: always the plain-torch twins.
 * ``fast``: always the fast kernels (on CPU, Triton runs only under ``TRITON_INTERPRET=1``); ``crop_resize``
-  raises :class:`~udd_fast.errors.UDDError` when the extension is not built instead of falling back.
+  raises :class:`~udd_fast.errors.UDDError` when the extension is not built, or has no kernel for the
+  tensors' device, instead of falling back.
 
 Nothing outside this module branches on device or backend.
 """
@@ -38,38 +40,80 @@ def get_backend() -> str:
     return _backend
 
 
-def _triton(t: torch.Tensor):
-    """The Triton kernels module when this call should use it, else None."""
-    if _backend == "reference" or (_backend == "auto" and not t.is_cuda):
-        return None
+def _triton(t: torch.Tensor) -> bool:
+    """Whether this call goes to the Triton kernels (through their ``torch.ops.udd_fast`` custom ops)."""
+    return _backend == "fast" or (_backend == "auto" and t.is_cuda)
+
+
+def _kernels():
     from udd_fast import kernels  # imported lazily: Triton needs a driver or TRITON_INTERPRET=1
 
     return kernels
+
+
+# The Triton kernels as torch.library custom ops, so that torch.compile traces through them (to one opaque
+# node, shaped by the fake implementation) instead of breaking the graph at a Triton launch. None of them is
+# differentiable: they score and jitter detached images.
+@torch.library.custom_op("udd_fast::window_pool", mutates_args=())
+def _window_pool_op(fmap: torch.Tensor, windows: torch.Tensor, mode: str) -> torch.Tensor:
+    return _kernels().window_pool(fmap, windows, mode)
+
+
+@_window_pool_op.register_fake
+def _(fmap, windows, mode):
+    return fmap.new_empty((fmap.shape[0], windows.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("udd_fast::jitter_score", mutates_args=())
+def _jitter_score_op(fmap: torch.Tensor, jittered: torch.Tensor, windows: torch.Tensor, p: int,
+                     mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels().jitter_score(fmap, jittered, windows, p, mode)
+
+
+@_jitter_score_op.register_fake
+def _(fmap, jittered, windows, p, mode):
+    return (fmap.new_empty((fmap.shape[0], windows.shape[0]), dtype=torch.float32),
+            fmap.new_empty((fmap.shape[0], p), dtype=torch.int64))
+
+
+@torch.library.custom_op("udd_fast::jitter_copies", mutates_args=())
+def _jitter_copies_op(images: torch.Tensor, m: int, strength: float, kind: str, seed: int,
+                      first_image: int) -> torch.Tensor:
+    return _kernels().jitter_copies(images, m, strength, kind, seed, first_image)
+
+
+@_jitter_copies_op.register_fake
+def _(images, m, strength, kind, seed, first_image):
+    return images.new_empty((m, *images.shape))
 
 
 def window_pool(fmap: torch.Tensor, windows: torch.Tensor, mode: str = "value") -> torch.Tensor:
     """Overlap-weighted, channel-averaged mean of ``fmap`` (B, C, h, w) over each window: float32 (B, N)."""
     if mode not in ("value", "abs"):
         raise ValueError(f"window_pool mode must be 'value' or 'abs', got {mode!r}")
-    impl = _triton(fmap) or reference
-    return impl.window_pool(fmap, windows, mode)
+    if _triton(fmap):
+        return torch.ops.udd_fast.window_pool(fmap.detach(), windows, mode)
+    return reference.window_pool(fmap, windows, mode)
 
 
 def jitter_score(fmap: torch.Tensor, jittered: torch.Tensor, windows: torch.Tensor, p: int,
                  mode: str = "value") -> tuple[torch.Tensor, torch.Tensor]:
     """Fused, one pass: the jitter sensitivity ``sigma`` (B, N) of every window AND the lowest-``p`` window
     indices (B, p), as ``lowest_p(sigma, p)`` would pick them."""
-    impl = _triton(fmap) or reference
-    return impl.jitter_score(fmap, jittered, windows, p, mode)
+    if _triton(fmap):
+        return torch.ops.udd_fast.jitter_score(fmap.detach(), jittered.detach(), windows, p, mode)
+    return reference.jitter_score(fmap, jittered, windows, p, mode)
 
 
-def jitter_copies(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian",
-                  seed: int = 0) -> torch.Tensor:
-    """``m`` seeded jittered copies of ``images``, shape (m, B, C, H, W)."""
+def jitter_copies(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian", seed: int = 0,
+                  first_image: int = 0) -> torch.Tensor:
+    """``m`` jittered copies of ``images``, shape (m, B, C, H, W). The noise of ``images[b]`` is a function of
+    ``seed`` and its global index ``first_image + b`` only (the same on every backend and in any batch)."""
     if kind not in reference.JITTER_KINDS:
         raise ValueError(f"unknown jitter kind {kind!r}; use one of {reference.JITTER_KINDS}")
-    impl = _triton(images) or reference
-    return impl.jitter_copies(images, m, strength, kind, seed)
+    if _triton(images):
+        return torch.ops.udd_fast.jitter_copies(images.detach(), m, float(strength), kind, seed, first_image)
+    return reference.jitter_copies(images, m, strength, kind, seed, first_image)
 
 
 def lowest_p(scores: torch.Tensor, p: int) -> torch.Tensor:
@@ -83,15 +127,16 @@ def crop_resize(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor
     """Chosen windows of each image, bilinearly resized to the image size; differentiable w.r.t. ``images``.
 
     ``index`` (B, P) picks rows of ``windows`` (N, 4) per image; output (B*P, C, H, W), b-major, with the
-    B source images first when ``with_source``. Needs the compiled extension under backend ``fast``; ``auto``
-    falls back to the reference (with one warning) when it is not built.
+    B source images first when ``with_source``. Needs the compiled extension, with a kernel for the images'
+    device, under backend ``fast``; ``auto`` falls back to the reference (with one warning) when the extension
+    is not built or has no kernel for that device (a CPU-only build, for CUDA tensors).
     """
     if _backend != "reference":
         from udd_fast import _extension
 
         if _backend == "fast":
-            _extension.require()
-        if _extension.available():
+            _extension.require(images.device)
+        if _extension.available(images.device):
             coords = torch.float64 if images.dtype == torch.float64 else torch.float32
             return torch.ops.udd_fast.crop_resize(images, windows.to(images.device, coords),
                                                   index.to(images.device, torch.int64), with_source)

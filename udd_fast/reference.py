@@ -5,6 +5,8 @@ exact semantics; ``udd_fast.ops`` is the only place that chooses between these a
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torchvision.ops import roi_align
 
@@ -61,28 +63,86 @@ def jitter_score(fmap: torch.Tensor, jittered: torch.Tensor, windows: torch.Tens
     return sigma, lowest_p(sigma, p)
 
 
-def jitter_copies(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian",
-                  seed: int = 0) -> torch.Tensor:
-    """``m`` jittered copies ``(m, *images.shape)`` of ``images``.
+# Jitter noise: Philox4x32-10 (Salmon et al., SC'11; Random123's philox4x32) and the float conversions of
+# the fast kernel, which imports these constants. Uniforms are the 31-bit magnitude of a signed word times the
+# largest fp32 scale that keeps them below 1; Gaussians are Box-Muller on pairs of them.
+PHILOX_ROUNDS = 10
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+JITTER_UNIFORM_SCALE = 4.6566127342e-10
+JITTER_TWO_PI = 6.283185307179586
+JITTER_MIN_UNIFORM = 1.0e-7
+_M32 = 0xFFFFFFFF
 
-    gaussian: ``x + strength * N(0, 1)``; uniform: ``x + U(-strength, strength)``; salt_pepper: each pixel is
-    set to 0 or 1 (equally likely) with probability ``strength``. Seeded by ``seed``; the fast kernel uses
-    its own counter-based generator, so the two backends agree in distribution, not bit for bit.
-    """
-    gen = torch.Generator(device=images.device).manual_seed(seed)
-    shape = (m, *images.shape)
-    x = images.unsqueeze(0).expand(shape)
+
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32-bit words of the 64-bit product ``a * b`` (a < 2^32, b int64 holding uint32). The
+    product can pass 2^63: int64 multiplication wraps (two's complement, on every torch backend), which keeps
+    all 64 bits, and the masks read the two words back (test_reference checks Philox's known answers)."""
+    p = b * a
+    return (p >> 32) & _M32, p & _M32
+
+
+def philox4x32(key: int, c0, c1, c2, c3) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-10 of the counter words ``c0..c3`` (broadcastable int64 tensors holding uint32 values) under
+    the 64-bit ``key``: four int64 tensors of uint32 values."""
+    k0, k1 = key & _M32, (key >> 32) & _M32
+    for _ in range(PHILOX_ROUNDS):
+        hi0, lo0 = _mulhilo(PHILOX_M[0], c0)
+        hi1, lo1 = _mulhilo(PHILOX_M[1], c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + PHILOX_W[0]) & _M32, (k1 + PHILOX_W[1]) & _M32
+    return c0, c1, c2, c3
+
+
+def _uniform(bits: torch.Tensor) -> torch.Tensor:
+    x = torch.where(bits > 0x7FFFFFFF, bits - (1 << 32), bits)  # the word as a signed int32
+    x = torch.where(x < 0, -x - 1, x)
+    return x.to(torch.float32) * torch.tensor(JITTER_UNIFORM_SCALE, dtype=torch.float32)
+
+
+def jitter_noise(shape: tuple[int, ...], m: int, kind: str, seed: int, first_image: int = 0,
+                 device=None) -> torch.Tensor:
+    """The fp32 variates ``(m, *shape)`` behind :func:`jitter_copies` (dim 0 of ``shape`` indexes images): for
+    element e of image b in copy c, word ``e % 4`` of ``philox4x32(seed, e // 4, i, c, i >> 32)`` with the
+    global image index ``i = first_image + b``; uniform in [0, 1), or standard normal (``gaussian``)."""
+    b, per_image = shape[0], math.prod(shape[1:])
+    groups = -(-per_image // 4)
+    g = torch.arange(groups, device=device, dtype=torch.int64).view(1, 1, groups)
+    i = first_image + torch.arange(b, device=device, dtype=torch.int64).view(1, b, 1)
+    c = torch.arange(m, device=device, dtype=torch.int64).view(m, 1, 1)
+    u = [_uniform(w) for w in philox4x32(seed, g, i & _M32, c, i >> 32)]
     if kind == "gaussian":
-        return x + strength * torch.randn(shape, generator=gen, device=images.device, dtype=images.dtype)
-    if kind == "uniform":
-        u = torch.rand(shape, generator=gen, device=images.device, dtype=images.dtype)
-        return x + strength * (2 * u - 1)
-    if kind == "salt_pepper":
-        u = torch.rand(shape, generator=gen, device=images.device, dtype=torch.float32)
-        hit = u < strength
-        salt = (u < strength / 2).to(images.dtype)
-        return torch.where(hit, salt, x)
-    raise ValueError(f"unknown jitter kind {kind!r}; use one of {JITTER_KINDS}")
+        two_pi = torch.tensor(JITTER_TWO_PI, dtype=torch.float32)
+        r01, r23 = (torch.sqrt(-2.0 * torch.log(v.clamp_min(JITTER_MIN_UNIFORM))) for v in (u[0], u[2]))
+        u = [r01 * torch.cos(two_pi * u[1]), r01 * torch.sin(two_pi * u[1]),
+             r23 * torch.cos(two_pi * u[3]), r23 * torch.sin(two_pi * u[3])]
+    words = torch.stack(u, -1).view(m, b, groups * 4)[..., :per_image]
+    return words.reshape(m, *shape)
+
+
+def jitter_copies(images: torch.Tensor, m: int, strength: float, kind: str = "gaussian", seed: int = 0,
+                  first_image: int = 0) -> torch.Tensor:
+    """``m`` jittered copies ``(m, *images.shape)`` of ``images`` (dim 0 indexes images).
+
+    gaussian: ``x + strength * N(0, 1)``; uniform: ``x + strength * U(-1, 1)``; salt_pepper: each pixel is set
+    to 0 or 1 (equally likely) with probability ``strength``. The noise of ``images[b]`` depends only on
+    ``seed`` and its global index ``first_image + b`` (:func:`jitter_noise`), not on the batch it is in.
+    Arithmetic in fp32 (fp64 for fp64 images), rounded to the images' dtype once, as the fast kernel does.
+    """
+    if kind not in JITTER_KINDS:
+        raise ValueError(f"unknown jitter kind {kind!r}; use one of {JITTER_KINDS}")
+    r = jitter_noise(tuple(images.shape), m, "gaussian" if kind == "gaussian" else "uniform", seed, first_image,
+                     images.device)
+    s = torch.tensor(strength, dtype=torch.float32)
+    x = images.detach().unsqueeze(0).to(torch.float64 if images.dtype == torch.float64 else torch.float32)
+    if kind == "gaussian":
+        y = x + (s * r).to(x.dtype)
+    elif kind == "uniform":
+        y = x + (s * (2.0 * r - 1.0)).to(x.dtype)
+    else:
+        y = torch.where(r < s, (r < s * 0.5).to(x.dtype), x)
+    return y.to(images.dtype)
 
 
 def crop_resize(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor,

@@ -62,36 +62,46 @@ def check_image_size(size: int, groups) -> None:
                        f"(each window needs >= 2 px); use larger images or larger --groups")
 
 
+def jitter_seed(seed: int, step: int) -> int:
+    """The jitter noise key of inner step ``step`` of a run seeded ``seed``: Philox's two key words are the
+    seed's low 32 bits and the step, so every (seed, step) pair below 2^32 x 2^31 has its own noise stream."""
+    return (seed & 0xFFFFFFFF) | (step & 0x7FFFFFFF) << 32
+
+
 def feature_map(net, x, normalize, layer):
     """The feature map of ``net``'s block ``layer`` for pixel-space images ``x``."""
     return net.feature_maps(normalize(x))[layer]
 
 
-def activation_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int):
+def activation_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int, first_image: int):
     """Mean activation of each window (B, N): low where the network responds weakly."""
     return ops.window_pool(feature_map(net, x, normalize, cfg.layer), windows, "value"), None
 
 
-def gradient_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int):
-    """Mean |d CE / d x| of each window (B, N): low where the input barely changes the loss."""
+def gradient_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int, first_image: int):
+    """Mean |d CE / d x| of each window (B, N): low where the input barely changes the loss. Each image's own
+    loss (summed, not averaged over the batch), so that its scores do not depend on the batch it is in."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        grad, = torch.autograd.grad(F.cross_entropy(net(normalize(x)), y), x)
+        grad, = torch.autograd.grad(F.cross_entropy(net(normalize(x)), y, reduction="sum"), x)
     return ops.window_pool(grad, windows, "abs"), None
 
 
-def jitter_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int):
+def jitter_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int, first_image: int):
     """Jitter sensitivity of each window (B, N), ``|Lambda - mean_m Lambda_hat_m|`` of the window-pooled
     feature map of ``x`` and of ``cfg.m`` Gaussian-jittered copies: low where the response barely moves. The
-    fused kernel ranks the windows in the same pass, so its lowest-P indices come along."""
-    copies = ops.jitter_copies(x, cfg.m, cfg.jitter_strength, cfg.jitter_kind, seed)
+    fused kernel ranks the windows in the same pass, so its lowest-P indices come along. The noise of
+    ``x[b]`` is keyed by ``seed`` and its global index ``first_image + b``."""
+    copies = ops.jitter_copies(x, cfg.m, cfg.jitter_strength, cfg.jitter_kind, seed, first_image)
     maps = feature_map(net, torch.cat([x, copies.flatten(0, 1)]), normalize, cfg.layer)
     fmap, jittered = maps[: x.shape[0]], maps[x.shape[0]:].unflatten(0, (cfg.m, x.shape[0]))
     return ops.jitter_score(fmap, jittered, windows, cfg.p)
 
 
-#: Each policy maps (net, images, labels, windows, normalize, cfg, seed) to scores (B, N), low where a window is
-#: underutilized, and the lowest-P indices (B, P) when it has them already (else None).
+#: Each policy maps (net, images, labels, windows, normalize, cfg, seed, first_image) to scores (B, N), low where
+#: a window is underutilized, and the lowest-P indices (B, P) when it has them already (else None). An image's
+#: scores depend on the image, the network and (seed, its global index first_image + b) only, never on the
+#: rest of the batch: classes split over processes select the windows of one process.
 POLICY_SCORES = {"activation": activation_policy, "gradient": gradient_policy, "jitter": jitter_policy}
 
 
@@ -104,11 +114,12 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def select_windows(net, x: torch.Tensor, y: torch.Tensor, windows: torch.Tensor, normalize,
-                   cfg: RegionConfig, seed: int = 0) -> torch.Tensor:
+                   cfg: RegionConfig, seed: int = 0, first_image: int = 0) -> torch.Tensor:
     """Indices (B, P) of the P most underutilized windows of each image ``x`` (pixel space) under ``net``:
     the P lowest scores of ``cfg.policy``, where ``vote`` scores a window by the sum of its ranks under the
-    three policies."""
-    args = (net, x.detach(), y, windows, normalize, cfg, seed)
+    three policies. ``seed`` keys the jitter noise (:func:`jitter_seed`); ``first_image`` is the global index
+    of ``x[0]``."""
+    args = (net, x.detach(), y, windows, normalize, cfg, seed, first_image)
     if cfg.policy == "vote":
         score = sum(ranks(POLICY_SCORES[p](*args)[0]).float() for p in POLICY_SCORES)
         return ops.lowest_p(score, cfg.p)

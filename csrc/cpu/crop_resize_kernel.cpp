@@ -23,14 +23,6 @@ int64_t grain(int64_t elements_per_item) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, elements_per_item));
 }
 
-void check_index_values(const at::Tensor& index, int64_t num_windows) {
-  const int64_t* idx = index.const_data_ptr<int64_t>();
-  for (int64_t k = 0; k < index.numel(); ++k) {
-    TORCH_CHECK(idx[k] >= 0 && idx[k] < num_windows, "crop_resize: index value ", idx[k], " is out of range for ",
-                num_windows, " windows");
-  }
-}
-
 // Ranges of one axis from its samples, equal to range_of() (the same two monotone searches, done as one
 // sweep because the samples are already at hand).
 template <typename T>
@@ -256,7 +248,6 @@ at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& windows, 
   if (out.numel() == 0) return out;
   const at::Tensor win = prepared_windows(windows, images.scalar_type());
   const at::Tensor idx = prepared_index(index);
-  check_index_values(idx, g.N);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(), "crop_resize_cpu",
                                   [&] { forward_kernel<scalar_t>(images, win, idx, g, out); });
   return out;
@@ -269,7 +260,6 @@ at::Tensor crop_resize_backward_cpu(const at::Tensor& grad, const at::Tensor& wi
   if (grad_images.numel() == 0) return grad_images;
   const at::Tensor win = prepared_windows(windows, grad.scalar_type());
   const at::Tensor idx = prepared_index(index);
-  check_index_values(idx, g.N);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "crop_resize_backward_cpu",
                                   [&] { backward_kernel<scalar_t>(grad, win, idx, g, grad_images); });
   return grad_images;
