@@ -54,7 +54,7 @@ def available(device: torch.device | str | None = None) -> bool:
         if not _warned:
             _warned = True
             warnings.warn(f"udd_fast: compiled extension not built ({_load_error}); crop_resize uses the reference. "
-                          "Build with `make build` / pip install -e . --no-build-isolation", stacklevel=2)
+                          f"Build with {_BUILD}", stacklevel=2)
         return False
     if device is None or has_kernel(device):
         return True
