@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
 
 # Figures a row may carry beside ms_per_image (set in benchmark.extra_info by the bench files).
-OPTIONAL = ("images_per_s", "gb_per_s")
+OPTIONAL = ("images_per_s", "gb_per_s", "held_mib")
 
 
 def _device_name() -> str:

@@ -10,10 +10,11 @@
 # not under CUDA_HOME (exit 3), or when the build fails or registers no CUDA kernel for crop_resize (exit 4).
 # Otherwise every step runs under its own time limit, and the exit status says whether all of them passed.
 #
-# Time limits on the GPU, seconds (each also cut to what is left of BUDGET=225, so the script ends within
-# 3.75 minutes; with the machine's start and the transfers, about 5.5 minutes of device time at worst):
+# Time limits on the GPU, seconds (each also cut to what is left of BUDGET=240, so the script ends within
+# 4 minutes; with the machine's start and the transfers, about 5.75 minutes of device time at worst):
 #   preflight 15 | build 65 (the machine's arch only) | tests 40 (the five files at once, each its own pytest)
-#   | bench 80 (one file at a time: crop_resize 15, kernels 20, policies 20, step 25) | distill 25
+#   | bench 95 (one file at a time: crop_resize 15, kernels 20, policies 20, step 20, real-batch supply 20)
+#   | distill 25
 # The dry run has longer limits: a 2-core machine builds and interprets Triton far slower.
 #
 # Fashion-MNIST must travel with the working tree: `make carry-data` copies its IDX files into
@@ -46,15 +47,17 @@ if [ $DRY = 1 ]; then
     BENCH=("bench/test_bench_crop_resize.py|60|fmnist28-B10-extension"
            "bench/test_bench_kernels.py|60|cifar-convnet3-4x4 and reference"
            "bench/test_bench_policies.py|60|cifar-convnet3 and activation and reference"
-           "bench/test_bench_step.py|120|fmnist-ipc1-w32 and loop and fp32")
+           "bench/test_bench_step.py|120|fmnist-ipc1-w32 and loop and fp32"
+           "bench/test_bench_supply.py|120|cache-mmap")
     DISTILL="--outer 1 --inner 2 --width 16 --epochs 2 --repeats 1 --protocols plain"
 else
     PY=${PY:-python3}
     NEED=cuda
-    BUDGET=${BUDGET:-225}
+    BUDGET=${BUDGET:-240}
     L_PRE=15 L_BUILD=65 L_TESTS=40 L_DISTILL=25
     BENCH=("bench/test_bench_crop_resize.py|15|cuda" "bench/test_bench_kernels.py|20|"
-           "bench/test_bench_policies.py|20|" "bench/test_bench_step.py|25|not torchrun")
+           "bench/test_bench_policies.py|20|" "bench/test_bench_step.py|20|not torchrun"
+           "bench/test_bench_supply.py|20|cache or resident or demand")
     DISTILL="--outer 1 --inner 20 --epochs 50 --repeats 1 --protocols paper"
 fi
 deadline=$((SECONDS + BUDGET))

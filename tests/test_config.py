@@ -21,7 +21,7 @@ def test_presets_follow_idc_code_and_the_paper():
     assert (paper.outer, paper.inner, paper.lr_img, paper.regions.crop_share) == (2000, 100, 5e-3, None)
     steps = {ipc: (preset("cpu-quick", "fashion-mnist", ipc).outer, preset("cpu-quick", "fashion-mnist", ipc).inner)
              for ipc in (1, 10, 50)}
-    assert steps == {1: (3, 100), 10: (2, 20), 50: (2, 20)}
+    assert steps == {1: (3, 100), 10: (2, 50), 50: (2, 50)}
     quick = preset("cpu-quick", "fashion-mnist", 1)
     assert quick.lr_img == pytest.approx(3 * idc.lr_img) and quick.regions.crop_share == 0.2 and quick.width == 64
 

@@ -144,3 +144,29 @@ def test_batched_step_rejects_batchnorm():
         Distiller(tiny_data(size=16), fixed_net_config(model="resnet18", step="batched"))
     with pytest.raises(UDDError, match="precision"):
         UDDConfig(precision="fp8")
+
+
+@pytest.mark.parametrize("fast_bf16,times,chosen", [(False, None, "fp32"), (True, {"fp32": 2.0, "bf16": 1.0}, "bf16"),
+                                                     (True, {"fp32": 1.0, "bf16": 2.0}, "fp32")])
+def test_auto_precision_keeps_the_faster_and_leaves_no_trace(monkeypatch, tmp_path, fast_bf16, times, chosen):
+    """precision="auto" falls back to fp32 without a bf16 hardware path, and otherwise keeps the precision whose
+    timed step was faster (the probe's answer is forced here); the probe's steps change nothing, so the set is
+    the one the chosen precision gives; the choice is checkpointed and reused on resume."""
+    import udd_fast.distiller as distiller
+
+    monkeypatch.setattr(distiller, "bf16_is_fast", lambda device_type: fast_bf16)
+    probed = []
+    step_seconds = Distiller.step_seconds
+    monkeypatch.setattr(Distiller, "step_seconds", lambda self, syn, p: (
+        probed.append(p), step_seconds(self, syn, p), times[p])[2])
+    cfg = fixed_net_config(outer=2, inner=2, net_batches=1, net_batch=8, cfc=True, dsa="color_crop_cutout",
+                           checkpoint_every=1)
+    d = Distiller(tiny_data(), cfg.replace(precision="auto"), out_dir=tmp_path)
+    syn = d.run(progress=False)
+    assert d.precision == chosen and d.probe["chosen"] == chosen
+    assert probed == ([] if not fast_bf16 else ["fp32", "bf16"])
+    assert torch.equal(syn.images, Distiller(tiny_data(), cfg.replace(precision=chosen)).run(progress=False).images)
+    again = Distiller(tiny_data(), cfg.replace(precision="auto"), out_dir=tmp_path)
+    probed.clear()
+    assert torch.equal(again.run(progress=False, resume=True).images, syn.images)
+    assert probed == [] and again.precision == chosen  # from the checkpoint, not probed again

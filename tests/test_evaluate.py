@@ -41,7 +41,8 @@ def test_evaluate_images_learns_separable_classes():
 
 
 def test_named_protocols_and_auto_precision(monkeypatch):
-    """The protocols say what they are; ``auto`` takes bf16 only where the hardware has it."""
+    """The protocols say what they are; ``auto`` takes bf16 only where the hardware has it, and there only when
+    a timed training batch says it is faster (the timings are forced here)."""
     from udd_fast import losses
     from udd_fast.errors import UDDError
     from udd_fast.evaluate import DEFAULT_PROTOCOLS, protocol
@@ -58,9 +59,25 @@ def test_named_protocols_and_auto_precision(monkeypatch):
     assert losses.resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr(losses, "bf16_is_fast", lambda device_type: True)
     assert losses.resolve_precision("auto", "cpu") == "bf16" and losses.resolve_precision("fp32", "cpu") == "fp32"
+    import importlib
+
+    ev = importlib.import_module("udd_fast.evaluate")  # the module; udd_fast.evaluate is also a function
+
     d = clustered_data()
-    r = evaluate_images(d.images, d.labels, d, EvalProtocol("plain", width=8, epochs=2, repeats=1, augment="shift",
-                                                            precision="auto"), progress=False)
+    proto = EvalProtocol("plain", width=8, epochs=2, repeats=1, augment="shift", precision="auto")
+    timed = ev.batch_seconds
+    for bf16_s, chosen in ((1.0, "bf16"), (3.0, "fp32")):
+        monkeypatch.setattr(ev, "batch_seconds", lambda *a: (timed(*a), {"fp32": 2.0, "bf16": bf16_s})[1])
+        ev._CHOSEN.clear()
+        rng = torch.get_rng_state()
+        assert ev.eval_precision(proto, d) == chosen
+        assert torch.equal(torch.get_rng_state(), rng)  # the probe's network and batch leave no trace
+    monkeypatch.setattr(losses, "bf16_is_fast", lambda device_type: False)
+    assert ev.eval_precision(proto, d) == "fp32"  # without a bf16 hardware path, whatever was probed before
+    monkeypatch.setattr(losses, "bf16_is_fast", lambda device_type: True)
+    ev._CHOSEN.clear()
+    monkeypatch.setattr(ev, "batch_seconds", lambda *a: {"fp32": 2.0, "bf16": 1.0})
+    r = evaluate_images(d.images, d.labels, d, proto, progress=False)
     assert r["precision"] == "bf16" and r["protocol"]["name"] == "plain"
 
 

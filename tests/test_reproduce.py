@@ -31,7 +31,7 @@ def harness(tmp_path, budget="paper", **kw):
 
 
 def test_paper_budget_end_to_end(tmp_path):
-    """The paper budget's loop (batched step, bf16, l1, jitter) runs every kind of row into a table and figures,
+    """The paper budget's loop (batched step, auto precision, l1, jitter) runs every kind of row into a table and figures,
     every row under both protocols, every distilled row beside its initialisation."""
     table = harness(tmp_path).run([1], ["udd-f1-expanded", "idc-style", "udd@alexnet", "random"])
     rows = table.data["rows"]
@@ -39,7 +39,8 @@ def test_paper_budget_end_to_end(tmp_path):
     assert list(rows) == [f"ipc1/{k}" for k in ["udd-f1", "udd-f1-expanded", "idc-style", "udd", "udd@alexnet",
                                                  "random"]]
     cfg = rows["ipc1/udd"]["config"]
-    assert (cfg["step"], cfg["precision"], cfg["metric"], cfg["outer"], cfg["inner"]) == ("batched", "bf16", "l1", 1, 2)
+    assert (cfg["step"], cfg["precision"], cfg["metric"], cfg["outer"], cfg["inner"]) == ("batched", "auto", "l1", 1, 2)
+    assert rows["ipc1/udd"]["precision"] in ("fp32", "bf16")  # what the auto probe chose
     assert cfg["regions"]["policy"] == "jitter" and cfg["cfc"]
     assert rows["ipc1/idc-style"]["config"]["regions"]["policy"] is None and not rows["ipc1/idc-style"]["config"]["cfc"]
     # sizes are counted honestly: factor 1 set of 10 images expanded by 12 windows each

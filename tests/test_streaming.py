@@ -1,7 +1,6 @@
 """FolderData: ImageFolder images decoded from disk per batch, with the same draws as the in-memory RealData."""
 import re
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,27 +8,14 @@ from udd_fast import FolderData, RealData, herding_coreset, load_dataset, random
 from udd_fast.data import SUBSETS, resolve_classes
 from udd_fast.errors import UDDError
 from udd_fast.coreset import real_network
+from tiny import COLOURS, write_image_folder
 
-# folder -> dominant channel; sorted folder order (blue, green, red) gives labels 0, 1, 2
-COLOURS = {"red": 0, "green": 1, "blue": 2}
 SIZE = 16
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """3 classes x 6 real image files (40x48 RGB, PNG and JPEG), one dominant colour per class plus noise."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("imagefolder")
-    rng = np.random.default_rng(0)
-    for name, channel in COLOURS.items():
-        (root / name).mkdir()
-        for i in range(6):
-            img = rng.integers(0, 60, (40, 48, 3))
-            img[..., channel] += 150 + 8 * i
-            ext = "png" if i % 2 else "JPEG"
-            Image.fromarray(img.astype(np.uint8)).save(root / name / f"{i}.{ext}")
-    return root
+    return write_image_folder(tmp_path_factory.mktemp("imagefolder"))
 
 
 def stream(root, **kw):
@@ -146,8 +132,8 @@ def test_shipped_subset_lists():
 
 def test_cli_imagefolder_resnetap_torchrun_equals_one_process(folder, tmp_path):
     """End to end from image files: a class list, ResNetAp-10, streamed batches, evaluation; and the same run
-    under torchrun with 2 gloo processes gives the identical synthetic set (one thread per process in both:
-    CPU kernels may round differently with another thread count)."""
+    under torchrun with 2 gloo processes, from a decoded cache, gives the identical synthetic set (one thread
+    per process in both: CPU kernels may round differently with another thread count)."""
     import json
     import os
     import subprocess
@@ -175,6 +161,9 @@ def test_cli_imagefolder_resnetap_torchrun_equals_one_process(folder, tmp_path):
     metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert metrics["processes"] == 1 and metrics["host_peak_mib"] > 0
     assert all(0 <= scored[k]["mean"] <= 100 for scored in metrics["evaluation"].values() for k in ("set", "init"))
-    two = torchrun(2, "two")
+    # 2 processes, real batches from a cache that rank 0 decodes while rank 1 waits, each process repeating
+    # the network update (test_distributed checks the split one)
+    two = torchrun(2, "two", "--cache", str(tmp_path / "cache"), "--net-update", "repeat")
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
-    assert torch.equal(one.images, two.images)
+    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["complete"]
+    assert torch.equal(two.images, one.images)

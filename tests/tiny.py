@@ -1,4 +1,5 @@
 """Tiny data and configurations shared by the distiller's tests and the torchrun script ``distill_tiny.py``."""
+import numpy as np
 import torch
 
 from udd_fast import RealData, RegionConfig, UDDConfig
@@ -19,3 +20,22 @@ def fixed_net_config(**kw):
                 batch_real=8, cfc=False, regions=RegionConfig(policy="activation", p=4))
     base.update(kw)
     return UDDConfig(**base)
+
+
+# folder -> dominant channel; sorted folder order (blue, green, red) gives labels 0, 1, 2
+COLOURS = {"red": 0, "green": 1, "blue": 2}
+
+
+def write_image_folder(root, per_class=6, seed=0):
+    """An ImageFolder under ``root``: 3 classes x ``per_class`` real image files (40x48 RGB, PNG and JPEG
+    alternating), one dominant colour per class plus noise. Returns ``root``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, channel in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (40, 48, 3))
+            img[..., channel] += 150 + (8 * i) % 100
+            Image.fromarray(img.astype(np.uint8)).save(root / name / f"{i}.{'png' if i % 2 else 'JPEG'}")
+    return root

@@ -1,4 +1,4 @@
-"""Command line: ``python -m udd_fast distill | evaluate | baseline | reproduce | show``."""
+"""Command line: ``python -m udd_fast distill | evaluate | baseline | reproduce | prepare | show``."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from udd_fast.cache import CachedData, prepare, wait_for_cache
 from udd_fast.config import CPU_QUICK_NOTES, INITS, PRESETS, preset
 from udd_fast.coreset import herding_coreset
 from udd_fast.data import DATASETS, load_dataset
@@ -27,12 +28,26 @@ DATASET_CHOICES = [*DATASETS, "imagefolder"]
 
 
 def _load(args, train: bool):
-    """The training or test split. An image folder's training split is streamed from disk (``--data-root``);
-    its test split (``--test-root``) is decoded into memory once, since every evaluation epoch reads it."""
+    """The training or test split. An image folder's training split is streamed from disk (``--data-root``),
+    or read from a decoded cache (``--cache``, built from ``--data-root`` first when one is given: by one
+    process under torchrun while the others wait); its test split (``--test-root``) is decoded into memory
+    once, since every evaluation epoch reads it."""
+    size = args.size or 224
+    cache = getattr(args, "cache", None)
+    if cache and args.dataset != "imagefolder":
+        raise UDDError(f"--cache is for imagefolder datasets; {args.dataset} is held in memory already")
     if args.dataset != "imagefolder":
-        return load_dataset(args.dataset, train, args.data_root, args.size)
+        return load_dataset(args.dataset, train, args.data_root, size)
+    if cache and train:
+        if args.data_root and (not dist.is_initialized() or dist.get_rank() == 0):
+            prepare(args.data_root, cache, size, args.classes, args.workers, progress=not args.quiet)
+        elif args.data_root:
+            wait_for_cache(cache)  # on disk, not in a barrier: decoding may outlast a collective's timeout
+        return CachedData(cache, classes=args.classes, size=args.size)
     root = args.data_root if train else (args.test_root or args.data_root)
-    return load_dataset("imagefolder", train, root, args.size, classes=args.classes, stream=train,
+    if root is None and cache:
+        raise UDDError("with --cache and no --data-root, pass --test-root for the evaluation's test images")
+    return load_dataset("imagefolder", train, root, size, classes=args.classes, stream=train,
                         num_workers=args.workers)
 
 
@@ -64,7 +79,8 @@ def cmd_distill(args) -> dict:
     changes = {k: v for k, v in {"model": args.model, "factor": args.factor, "outer": args.outer, "inner": args.inner,
                                  "width": args.width, "seed": args.seed, "lam": args.lam,
                                  "checkpoint_every": args.checkpoint_every, "step": args.step,
-                                 "precision": args.precision, "lr_img": args.lr_img, "init": args.init}.items()
+                                 "precision": args.precision, "lr_img": args.lr_img, "init": args.init,
+                                 "net_update": args.net_update}.items()
                if v is not None}
     if args.model is not None and args.width is None:
         changes["width"] = None  # the model's standard width (ResNetAp-10: 64), not ConvNet's 128
@@ -88,6 +104,7 @@ def cmd_distill(args) -> dict:
         syn.grid_png(out / "grid_decoded.png", decoded=True)
     metrics = {"dataset": args.dataset, "ipc": args.ipc, "preset": args.preset, "form": syn.form(),
                "distill_wall_s": distiller.wall_time, "processes": distiller.world, **distiller.memory,
+               "precision": distiller.precision, "precision_probe": distiller.probe,
                "config": json.loads(cfg.to_json())}
     print(f"distilled {len(syn.labels)} images in {distiller.wall_time:.0f} s -> {out / 'synset.safetensors'} "
           f"(its initialisation: {out / 'init.safetensors'})")
@@ -151,6 +168,14 @@ def cmd_baseline(args) -> dict:
     return result
 
 
+def cmd_prepare(args) -> None:
+    start = time.time()
+    cache = prepare(args.data_root, args.cache, args.size, args.classes, args.workers, progress=not args.quiet)
+    data = CachedData(cache)
+    print(f"{len(data)} images of {data.num_classes} classes at {data.size} px in {cache} ({data.nbytes / 2**30:.2f} "
+          f"GiB, {time.time() - start:.0f} s)")
+
+
 def cmd_show(args) -> None:
     syn = SyntheticSet.load(args.path)
     out = args.out or str(Path(args.path).with_suffix(".png"))
@@ -177,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     def common(q, dataset_required=True):
         q.add_argument("--dataset", choices=DATASET_CHOICES, required=dataset_required)
         q.add_argument("--data-root", default=None, help="folder with the dataset (default: ./data or $UDD_FAST_DATA)")
-        q.add_argument("--size", type=int, default=224, help="image size for imagefolder datasets")
+        q.add_argument("--size", type=int, help="image size for imagefolder datasets (default: 224, or the cache's)")
         q.add_argument("--test-root", help="imagefolder: the test split's folder (default: --data-root)")
         q.add_argument("--classes", help="imagefolder: a file with one class folder per line, or a shipped "
                                          "list (imagenet10, imagenet100)")
@@ -199,6 +224,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
     common(d)
     d.add_argument("--ipc", type=int, required=True, help="synthetic images per class")
+    d.add_argument("--cache", help="imagefolder: sample real images from this decoded cache (see prepare); with "
+                                   "--data-root it is built or finished first")
     d.add_argument("--preset", choices=PRESETS, default="cpu-quick",
                    help="idc: IDC's condensation; paper: UDD on IDC's step (GPU); cpu-quick: "
                         + CPU_QUICK_NOTES.replace("%", "%%"))
@@ -224,7 +251,12 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--step", choices=["loop", "batched"],
                    help="classes one at a time (loop, the reference) or all in one vmapped pass (batched: "
                         "meant for GPUs; slower than the loop on CPU)")
-    d.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: network passes under bfloat16 autocast")
+    d.add_argument("--net-update", choices=["split", "repeat"],
+                   help="under torchrun: each process passes its share of every network-update batch (split, the "
+                        "default) or all of it (repeat: the set is then bit-identical to one process's)")
+    d.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="bf16: network passes under bfloat16 autocast; auto: the faster of fp32 and bf16, timed on "
+                        "one step each (fp32 without a bf16 hardware path); default: the preset's")
     d.add_argument("--evaluate", action="store_true", help="evaluate the result when done")
     d.add_argument("--baseline", action="store_true", help="with --evaluate, also score random real images")
     protocol(d)
@@ -272,6 +304,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, help="override every evaluation protocol's epochs")
     r.add_argument("--repeats", type=int, help="override every evaluation protocol's number of networks")
     r.set_defaults(func=cmd_reproduce)
+
+    c = sub.add_parser("prepare", help="decode an image folder once into a memory-mapped cache for distill --cache")
+    c.add_argument("--data-root", required=True, help="the ImageFolder: one folder of images per class")
+    c.add_argument("--cache", required=True, help="the cache directory (an interrupted prepare resumes in it)")
+    c.add_argument("--classes", help="a file with one class folder per line, or a shipped list (imagenet10, "
+                                     "imagenet100); default: every class folder")
+    c.add_argument("--size", type=int, default=224, help="shorter side resized to this, then center-cropped")
+    c.add_argument("--workers", type=int, help="decoding threads (default: every core)")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("show", help="save a PNG grid of a synthetic set")
     s.add_argument("path")

@@ -55,11 +55,14 @@ class UDDConfig:
     net_lr: float = 0.01
     net_batch: int = 64
     net_batches: int = 8                  # real mini-batches per inner step (IDC: 500 samples, 2,000 for CIFAR)
+    net_update: str = "split"             # under torchrun: each process takes its share of every network-update
+                                          # batch and the gradients are summed ("split"), or each repeats it all
     cutmix: float = 0.5                   # CutMix probability of a network-update batch (cutout is then dropped)
     init: str = "first"                   # real images: each class's "first" in dataset order (IDC), "real" (random),
                                           # "herding"-selected; or "noise"
     step: str = "loop"                    # "loop": class by class (the reference); "batched": all classes in one vmap
-    precision: str = "fp32"               # "bf16": network passes under bfloat16 autocast; S, grads and losses fp32
+    precision: str = "fp32"               # "bf16": network passes under bfloat16 autocast; S, grads and losses fp32;
+                                          # "auto": the faster of the two, timed on the first step
     seed: int = 0
     checkpoint_every: int = 10            # outer iterations between checkpoints (0: only the final set)
 
@@ -70,10 +73,12 @@ class UDDConfig:
             raise UDDError(f"factor must be >= 1, got {self.factor}")
         if self.net_on not in ("real", "synthetic"):
             raise UDDError(f"net_on must be 'real' or 'synthetic', got {self.net_on!r}")
+        if self.net_update not in ("split", "repeat"):
+            raise UDDError(f"net_update must be 'split' or 'repeat', got {self.net_update!r}")
         if self.step not in ("loop", "batched"):
             raise UDDError(f"step must be 'loop' or 'batched', got {self.step!r}")
-        if self.precision not in PRECISIONS:
-            raise UDDError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise UDDError(f"precision must be one of {', '.join(PRECISIONS)} or auto, got {self.precision!r}")
         if self.init not in INITS:
             raise UDDError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if not (self.lr_img > 0 and 0 <= self.mom_img < 1):
@@ -127,10 +132,11 @@ CPU_QUICK_LR = 3.0
 CPU_QUICK_CROP_SHARE = 0.2
 
 CPU_QUICK_NOTES = (
-    "cpu-quick differs from paper in: 3 x 100 iterations at IPC=1 and 2 x 20 above, no lr_img decay, lr_img "
+    "cpu-quick differs from paper in: 3 x 100 iterations at IPC=1 and 2 x 50 above, no lr_img decay, lr_img "
     f"{CPU_QUICK_LR:g}x IDC's; a width-64 ConvNet-3 for distillation (evaluation stays width 128); the crops carry "
-    f"{CPU_QUICK_CROP_SHARE:g} of each image's weight in the synthetic batch instead of P/(P+1); the per-class loop "
-    "in fp32, the faster step on CPU."
+    f"{CPU_QUICK_CROP_SHARE:g} of each image's weight in the synthetic batch instead of P/(P+1); the per-class loop, "
+    "faster than the batched step on CPU; fp32, in which every cpu-quick result was measured (on a CPU with AMX "
+    "bf16 steps are faster: --precision auto)."
 )
 
 
@@ -147,9 +153,9 @@ def preset(name: str, dataset: str, ipc: int, size: int | None = None, num_class
     if name == "idc":
         return idc
     paper = idc.replace(regions=RegionConfig(policy="jitter"), cfc=True, lr_decay=(0.6, 0.8, 0.9),
-                        step="batched", precision="bf16")
+                        step="batched", precision="auto")
     if name == "paper":
         return paper
-    outer, inner = (3, 100) if ipc == 1 else (2, 20)
+    outer, inner = (3, 100) if ipc == 1 else (2, 50)
     return paper.replace(outer=outer, inner=inner, width=64, lr_decay=(), lr_img=paper.lr_img * CPU_QUICK_LR,
                          regions=replace(paper.regions, crop_share=CPU_QUICK_CROP_SHARE), step="loop", precision="fp32")

@@ -5,14 +5,17 @@
 Fashion-MNIST and MNIST are read straight from their IDX files when a local copy exists (e.g. the Debian
 package ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``).
 
-Two samplers share one duck-typed interface (``name, mean, std, flip, num_classes, by_class, channels, size,
+The samplers share one duck-typed interface (``name, mean, std, flip, num_classes, by_class, channels, size,
 device, normalize, class_batch, random_batch, check_ipc, to``), which is all the distiller and the coreset
 baselines use:
 
-- :class:`RealData` holds every image in one tensor (small datasets);
+- :class:`RealData` holds every image in one float tensor (small datasets);
 - :class:`FolderData` keeps only the file list of an ``ImageFolder`` and decodes the images a batch asks for
-  on each call (e.g. 224 px ImageNet subsets), with the same index draws as :class:`RealData`, so a seeded
-  generator gives the same pixels either way.
+  on each call (e.g. 224 px ImageNet subsets);
+- :class:`udd_fast.cache.CachedData` reads an ImageFolder decoded once by :func:`udd_fast.cache.prepare` into a
+  memory-mapped uint8 array, or from device memory when it fits there.
+
+All use the same index draws, so a seeded generator gives the same pixels from each.
 
 Class subsets of an ``ImageFolder`` (``classes=``) are a list of folder names, a text file with one name per
 line, or the name of a list shipped in ``udd_fast/subsets/`` (:data:`SUBSETS`, e.g. ``"imagenet10"``, the
@@ -122,9 +125,7 @@ class RealData:
         return self.images.shape[-1]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return _normalize(x, self.mean, self.std)
 
     @property
     def device(self) -> torch.device:
@@ -152,6 +153,12 @@ class RealData:
         return self
 
 
+def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    mean = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
 def _pick(available: int, n: int, generator: torch.Generator | None, first: bool = False) -> torch.Tensor:
     """Positions of ``n`` draws among ``available`` items: a random permutation's first ``n`` (no
     replacement) when there are enough, else ``n`` uniform draws with replacement; ``first``: ``0 .. n-1``."""
@@ -169,39 +176,20 @@ def _check_ipc(by_class, ipc: int, factor: int) -> None:
                        + ("" if factor == 1 else " or --factor"))
 
 
-class FolderData:
-    """Real images streamed from an ``ImageFolder`` (``root/<class>/<image>``): only the file list is held;
-    each batch is decoded from disk when asked for, resized (shorter side) and center-cropped to ``size``,
-    in pixel space ``[0, 1]``, normalized with ImageNet's mean and std.
+class StoredImages:
+    """The sampler interface over images held as uint8 somewhere outside one float tensor, read ``load(index)`` at
+    a time: :class:`FolderData` (files decoded per batch) and :class:`udd_fast.cache.CachedData` (a decoded,
+    memory-mapped cache). Subclasses set ``classes, labels, image_size, mean, std, name, flip`` and define
+    :meth:`read` (uint8 images at dataset positions, on the CPU or on :attr:`device`).
 
-    Same interface and index draws as :class:`RealData` (``class_batch``, ``random_batch``, ``check_ipc``,
-    ``to``, ...): with the same ``torch.Generator`` state it returns the same pixels as the in-memory copy.
-    Decoding runs in a persistent pool of ``num_workers`` threads (0: in the caller; Pillow releases the GIL
-    while it decodes and resizes, and a pool of threads costs nothing to start for each small per-class batch,
-    unlike ``DataLoader`` worker processes), into pinned memory when the device is CUDA.
-    ``classes``: see :func:`resolve_classes` (``None``: every class folder, sorted).
-    """
+    The draws are :class:`RealData`'s (the same ``_pick`` on the same ``by_class``), and uint8 / 255 is exactly
+    torchvision's ``ToTensor``, so a seeded generator gives the same pixels from every sampler."""
 
-    def __init__(self, root: str | os.PathLike, size: int = 224, classes=None, num_workers: int | None = None,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 name: str = "imagefolder", flip: bool = True):
-        if num_workers is None:
-            num_workers = min(4, os.cpu_count() or 1)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise UDDError(f"num_workers must be an integer >= 0 (0 decodes in this process), got {num_workers!r}")
-        self.dataset = _image_folder(Path(root), size, classes)
-        self.root, self.image_size, self.num_workers = Path(root), size, num_workers
-        self.name, self.mean, self.std, self.flip = name, tuple(mean), tuple(std), flip
-        self.classes = list(self.dataset.classes)
+    device = torch.device("cpu")
+
+    def _index(self) -> None:
         self.num_classes = len(self.classes)
-        self.labels = torch.as_tensor(self.dataset.targets, dtype=torch.int64)
         self.by_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
-        self.device = torch.device("cpu")
-        self._pool = None
-
-    def __repr__(self) -> str:
-        return (f"FolderData(root={str(self.root)!r}, classes={self.num_classes}, images={len(self.labels)}, "
-                f"size={self.size}, num_workers={self.num_workers}, device={self.device})")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -215,34 +203,43 @@ class FolderData:
         return self.image_size
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return _normalize(x, self.mean, self.std)
+
+    def read(self, index: list[int]) -> torch.Tensor:
+        raise NotImplementedError
 
     def load(self, index) -> torch.Tensor:
-        """Decode the images at dataset positions ``index`` (in that order) onto :attr:`device`."""
+        """The images at dataset positions ``index`` (in that order) on :attr:`device`, in pixel space [0, 1].
+        They travel as uint8 (a quarter of the bytes) through pinned memory and become floats on the device."""
         index = torch.as_tensor(index, dtype=torch.int64).flatten().tolist()
         if not index:
             return torch.empty(0, 3, self.size, self.size, device=self.device)
-        if self.num_workers == 0:
-            images = [self.dataset[i][0] for i in index]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="udd_fast-decode")
-            images = list(self._pool.map(lambda i: self.dataset[i][0], index))
-        batch = torch.stack(images)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
+        batch = self.read(index)
+        if batch.device != self.device:
+            batch = self._upload(batch) if self.device.type == "cuda" else batch.to(self.device)
+        return batch.float().div_(255)
+
+    def _upload(self, batch: torch.Tensor) -> torch.Tensor:
+        """Copy a host batch to the GPU from pinned memory on a side stream: the copy overlaps the work already
+        queued on the compute stream, and the host goes on (to the next class's batch) without waiting."""
+        if getattr(self, "_stream", None) is None:
+            self._stream = torch.cuda.Stream(self.device)
+        compute = torch.cuda.current_stream(self.device)
+        # no wait for the compute stream: the destination comes from the side stream's own memory pool
+        with torch.cuda.stream(self._stream):
+            out = batch.pin_memory().to(self.device, non_blocking=True)
+        compute.wait_stream(self._stream)
+        out.record_stream(compute)
+        return out
 
     def class_batch(self, c: int, n: int, generator: torch.Generator | None = None, first: bool = False) -> torch.Tensor:
         """``n`` random images of class ``c`` (without replacement when the class is large enough), or its
-        first ``n``, decoded from disk; the same draw as :meth:`RealData.class_batch`."""
+        first ``n``; the same draw as :meth:`RealData.class_batch`."""
         idx = self.by_class[c]
         return self.load(idx[_pick(len(idx), n, generator, first)])
 
     def random_batch(self, n: int, generator: torch.Generator | None = None):
-        """``n`` images drawn uniformly with replacement from the whole folder, and their labels."""
+        """``n`` images drawn uniformly with replacement from the whole set, and their labels."""
         pick = torch.randint(len(self.labels), (n,), generator=generator)
         return self.load(pick), self.labels[pick].to(self.device)
 
@@ -250,16 +247,84 @@ class FolderData:
         """Each class must hold the ``ipc * factor**2`` real images the synthetic set is initialised from."""
         _check_ipc(self.by_class, ipc, factor)
 
-    def to(self, device) -> "FolderData":
-        """Return batches on ``device`` from now on (the file list stays on the CPU)."""
+    def to(self, device) -> "StoredImages":
+        """Return batches on ``device`` from now on (the index stays on the CPU)."""
         self.device = torch.device(device)
         return self
 
     def materialize(self) -> RealData:
-        """Decode every image into an in-memory :class:`RealData` (same order, labels and statistics)."""
+        """Every image in an in-memory :class:`RealData` (same order, labels and statistics)."""
         images = self.load(torch.arange(len(self.labels)))
         return RealData(images, self.labels.to(images.device), self.mean, self.std, self.name, self.flip,
                         self.num_classes)
+
+
+class FolderData(StoredImages):
+    """Real images streamed from an ``ImageFolder`` (``root/<class>/<image>``): only the file list is held;
+    each batch is decoded from disk when asked for, resized (shorter side) and center-cropped to ``size``
+    (:func:`decode_image`), in pixel space ``[0, 1]``, normalized with ImageNet's mean and std.
+
+    Same interface and index draws as :class:`RealData` (``class_batch``, ``random_batch``, ``check_ipc``,
+    ``to``, ...): with the same ``torch.Generator`` state it returns the same pixels as the in-memory copy.
+    Decoding runs in a persistent pool of ``num_workers`` threads (0: in the caller; Pillow releases the GIL
+    while it decodes and resizes, and a pool of threads costs nothing to start for each small per-class batch,
+    unlike ``DataLoader`` worker processes). Every batch is decoded again: for long runs decode once with
+    :func:`udd_fast.cache.prepare` and sample from :class:`udd_fast.cache.CachedData`.
+    ``classes``: see :func:`resolve_classes` (``None``: every class folder, sorted).
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int = 224, classes=None, num_workers: int | None = None,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 name: str = "imagefolder", flip: bool = True):
+        self.num_workers = _workers(num_workers)
+        self.root, self.image_size = Path(root), _check_size(size)
+        self.classes, self.files, labels = folder_listing(self.root, classes)
+        self.name, self.mean, self.std, self.flip = name, tuple(mean), tuple(std), flip
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self._index()
+        self._pool = None
+
+    def __repr__(self) -> str:
+        return (f"FolderData(root={str(self.root)!r}, classes={self.num_classes}, images={len(self.labels)}, "
+                f"size={self.size}, num_workers={self.num_workers}, device={self.device})")
+
+    def decode(self, index) -> list[np.ndarray]:
+        """The images at dataset positions ``index`` decoded to (3, size, size) uint8 arrays, in the pool."""
+        paths = [self.root / self.files[i] for i in index]
+        if self.num_workers == 0:
+            return [decode_image(p, self.size) for p in paths]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="udd_fast-decode")
+        return list(self._pool.map(lambda p: decode_image(p, self.size), paths))
+
+    def read(self, index: list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(self.decode(index)))
+
+
+def _workers(num_workers) -> int:
+    if num_workers is None:
+        return min(4, os.cpu_count() or 1)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise UDDError(f"num_workers must be an integer >= 0 (0 decodes in this process), got {num_workers!r}")
+    return num_workers
+
+
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UDDError(f"size must be a positive integer (pixels), got {size!r}")
+    return size
+
+
+def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """One image file as a (3, size, size) uint8 array: RGB, shorter side resized to ``size`` (bilinear, with
+    antialiasing), center-cropped; torchvision's ``Resize``/``CenterCrop`` on its ``default_loader``'s image."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    with open(path, "rb") as f, Image.open(f) as im:
+        im = T.CenterCrop(size)(T.Resize(size)(im.convert("RGB")))
+    # contiguous channels-first, as ToTensor: a channels-last batch would send convolutions down another path
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def read_class_list(path: str | os.PathLike) -> list[str]:
@@ -298,13 +363,13 @@ def resolve_classes(classes) -> tuple[list[str] | None, str]:
     return names, source
 
 
-def _image_folder(root: Path, size: int, classes=None):
-    """A torchvision ``ImageFolder`` over ``root`` with the resize/center-crop/ToTensor transform, restricted
-    to ``classes`` (in their order, labelled 0..K-1) when given."""
-    from torchvision import transforms as T
+def folder_listing(root: Path, classes=None) -> tuple[list[str], list[str], list[int]]:
+    """An ImageFolder's classes (``classes`` resolved by :func:`resolve_classes`, in that order; ``None``: every
+    class folder, sorted), its image files relative to ``root`` (per class, sorted, as torchvision's
+    ``ImageFolder``) and their labels 0..K-1."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    if not isinstance(size, int) or size < 1:
-        raise UDDError(f"size must be a positive integer (pixels), got {size!r}")
+    root = Path(root)
     if not root.is_dir():
         raise UDDError(f"ImageFolder root {root} does not exist; pass --data-root DIR with one folder per class")
     names, source = resolve_classes(classes)
@@ -313,35 +378,13 @@ def _image_folder(root: Path, size: int, classes=None):
         if missing:
             shown = ", ".join(missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
             raise UDDError(f"{source} names class folder(s) {shown} missing under {root}; fix the list or the root")
-    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+    names = names if names is not None else find_classes(str(root))[0]
     try:
-        return _FolderFiles(str(root), names, tf)
+        samples = make_dataset(str(root), {c: i for i, c in enumerate(names)}, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as e:
         raise UDDError(f"ImageFolder {root}: {str(e).splitlines()[0]} (every class folder needs at least one "
                        "image file)") from None
-
-
-class _FolderFiles(torch.utils.data.Dataset):
-    """The (path, label) list of an ImageFolder, restricted to ``classes`` (labelled in their order; ``None``:
-    every class folder, sorted); items are ``(transform(image), label)``."""
-
-    def __init__(self, root: str, classes, transform):
-        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-        self.root, self.transform = root, transform
-        self.classes = list(classes) if classes is not None else find_classes(root)[0]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples = make_dataset(root, self.class_to_idx, extensions=IMG_EXTENSIONS)
-        self.targets = [t for _, t in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        from torchvision.datasets.folder import default_loader
-
-        path, target = self.samples[i]
-        return self.transform(default_loader(path)), target
+    return names, [os.path.relpath(p, root) for p, _ in samples], [t for _, t in samples]
 
 
 def _read_idx(path: Path) -> np.ndarray:

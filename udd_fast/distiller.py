@@ -29,10 +29,13 @@ order, batching and the number of processes).
 
 Under ``torchrun`` the classes are split over the processes: each process matches its own classes and the
 synthetic images, mean embeddings and matching terms are summed across processes after every step (each row
-is non-zero on exactly one process, so the sum is exact). Every process trains the same network: the same
+is non-zero on exactly one process, so the sum is exact). Every process holds the same network: the same
 seed gives the same initialisation, every process draws the same real mini-batches from the global random
 stream, and the parameters are broadcast from rank 0 after each update so they stay bit-identical even where
-GPU kernels are not deterministic.
+GPU kernels are not deterministic. The network update itself is split (``net_update="split"``, the default):
+each process passes its share of every batch and the gradients are summed, so the set equals one process's up
+to the rounding of those sums; ``"repeat"`` has every process take the whole update, and then the set is
+bit-identical to one process's (the tests check both).
 """
 from __future__ import annotations
 
@@ -56,7 +59,8 @@ from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
 from udd_fast.formation import decode, mix_init
 from udd_fast.image_step import ClassSGD
-from udd_fast.losses import autocast, cfc_loss, ema_update, grad_match, matched_names, soft_cross_entropy
+from udd_fast.losses import (PRECISIONS, autocast, bf16_is_fast, cfc_loss, ema_update, grad_match, matched_names,
+                             soft_cross_entropy)
 from udd_fast.metrics import peak_memory
 from udd_fast.models import build_model, network_optimizer
 from udd_fast.regions import (batch_weights, candidate_windows, check_image_size, jitter_seed, select_windows,
@@ -101,12 +105,17 @@ class Distiller:
         if self.world > self.num_classes:
             raise UDDError(f"{self.world} processes for {self.num_classes} classes: use at most one process per class")
         self.classes = [c for c in range(self.num_classes) if c * self.world // self.num_classes == self.rank]
+        # BatchNorm's statistics would change with the share of the batch a process sees: repeat the update then
+        self.split_update = config.net_update == "split" and not any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
         self.class_mask = torch.zeros(self.num_classes, device=self.device)  # 1 for this process's classes
         self.class_mask[self.classes] = 1
         # class index tensors made once: building them from lists every step copies host -> device each time
         self.own_index = torch.tensor(self.classes, device=self.device)
         self.group_index = {tuple(g): torch.tensor(g, device=self.device) for g in self.class_groups()}
         self.history: list[dict] = []
+        # the network passes' precision; "auto" is settled by timing in start() (choose_precision)
+        self.precision, self.probe = config.precision, None
 
     # --- Algorithm 1 ----------------------------------------------------------------------------------
     def run(self, progress: bool = True, resume: bool = False) -> SyntheticSet:
@@ -165,8 +174,52 @@ class Distiller:
         init = state["init"].to(self.device) if state else self.init_synthetic()
         self.init_set = self.synthetic_set(init)
         syn = (state["syn"].to(self.device) if state else init.clone()).requires_grad_(True)
+        if cfg.precision == "auto":
+            self.precision = state["precision"] if state and "precision" in state else self.choose_precision(syn)
         opt = ClassSGD(syn, self.labels, self.num_classes, cfg.lr_img, cfg.mom_img)
         return syn, opt, self.restore(state, opt) if state else 0
+
+    def choose_precision(self, syn: torch.Tensor) -> str:
+        """``precision="auto"``: fp32 where bf16 has no hardware path (:func:`bf16_is_fast`), else the faster of
+        fp32 and bf16 over one timed inner step each. The probe leaves no trace: its networks are thrown away and
+        every random stream is put back, so the run is the one its chosen precision gives. Under torchrun rank
+        0's choice holds everywhere. What was measured is kept in ``self.probe`` (and in metrics.json)."""
+        if not bf16_is_fast(self.device.type):
+            self.probe = {"chosen": "fp32", "reason": f"no bf16 hardware path on this {self.device.type}"}
+            return "fp32"
+        rng, streams = torch.get_rng_state(), [g.get_state() for g in self.streams]
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        seconds = {p: self.step_seconds(syn, p) for p in PRECISIONS}
+        torch.set_rng_state(rng)
+        for g, state in zip(self.streams, streams):
+            g.set_state(state)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+        syn.grad = None
+        pick = torch.tensor(float(seconds["bf16"] < seconds["fp32"]), device=self.device)
+        if self.world > 1:
+            dist.broadcast(pick, 0)
+        chosen = "bf16" if pick.item() else "fp32"
+        self.probe = {"chosen": chosen, "step_s": seconds}
+        return chosen
+
+    def step_seconds(self, syn: torch.Tensor, precision: str) -> float:
+        """Wall time of one inner step (matching and network update) in ``precision``, after one untimed step
+        (one-off costs: kernel selection, allocations)."""
+        self.precision = precision
+        net, opt = self.fresh_network()
+        bank = self.class_embeddings(net, syn)
+        for _ in range(2):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            start = time.perf_counter()
+            syn.grad = None
+            self.matching_gradient(net, syn, bank, 0)
+            self.train_network(net, opt, syn)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+        return seconds
 
     def seed(self) -> None:
         """Seed the global random stream (networks and their training, the initialisation) and one stream per
@@ -243,7 +296,7 @@ class Distiller:
         per_class = cfg.ipc * cfg.factor ** 2
         images = decode(syn.detach().unflatten(0, (self.num_classes, cfg.ipc))[own].flatten(0, 1), cfg.factor)
         labels = own.repeat_interleave(per_class)
-        with autocast(self.device.type, cfg.precision):
+        with autocast(self.device.type, self.precision):
             # this process's classes are contiguous, so its decoded images are too, from class classes[0]'s first
             index = select_windows(net, images, labels, self.windows, self.data.normalize, cfg.regions,
                                    jitter_seed(cfg.seed, step), first_image=self.classes[0] * per_class)
@@ -278,7 +331,7 @@ class Distiller:
         x_syn = self.dsa.apply(norm(x_syn), DSA.repeat(draw, x_syn.shape[0] // g)).unflatten(0, (g, -1))
         y_real = cls[:, None].expand(x_real.shape[:2])
         y_syn = cls[:, None].expand(x_syn.shape[:2])
-        fn = partial(grad_match, net, params, self.matched, metric=cfg.metric, precision=cfg.precision)
+        fn = partial(grad_match, net, params, self.matched, metric=cfg.metric, precision=self.precision)
         if cfg.step == "batched":
             match, emb = vmap(fn)(x_real, y_real, x_syn, y_syn, w_syn)
         else:
@@ -300,7 +353,13 @@ class Distiller:
 
     def train_network(self, net, opt, syn: torch.Tensor) -> None:
         """IDC Eq. 6: a few SGD steps of the network on augmented, CutMixed real (or synthetic) batches; rank
-        0's result on every process."""
+        0's result on every process.
+
+        Under torchrun with ``net_update="split"`` every process draws and augments the whole batch (the same
+        draws from the global stream, and CutMix needs every image), then takes the forward and backward passes
+        of its own rows only; the gradients, each scaled by its share of the batch, are summed across processes,
+        so every process steps with the whole batch's gradient, as one process would, up to the order of the
+        sums."""
         cfg = self.cfg
         for _ in range(cfg.net_batches):
             if cfg.net_on == "real":
@@ -312,13 +371,31 @@ class Distiller:
             target = F.one_hot(y, self.num_classes).float()
             if torch.rand(()) < cfg.cutmix:
                 x, target = cutmix(x, y, self.num_classes)
-            with autocast(self.device.type, cfg.precision):
-                logits = net(x)
-            loss = soft_cross_entropy(logits, target)
+            rows = self.update_rows(len(x))
+            with autocast(self.device.type, self.precision):
+                logits = net(x[rows])
+            loss = soft_cross_entropy(logits, target[rows]) * ((rows.stop - rows.start) / len(x))
             opt.zero_grad()
             loss.backward()
+            if rows.stop - rows.start < len(x):
+                self.all_reduce_gradients(net)
             opt.step()
         self.sync_network(net)
+
+    def update_rows(self, n: int) -> slice:
+        """The rows of an ``n``-image network-update batch this process trains on: a contiguous share under
+        ``net_update="split"`` (every row once across processes), all of them otherwise."""
+        if self.world == 1 or not self.split_update or n < self.world:
+            return slice(0, n)
+        return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def all_reduce_gradients(self, net) -> None:
+        """Sum the network's gradients across processes, in one flat buffer (one call, not one per tensor)."""
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
 
     def sync_network(self, net) -> None:
         """Rank 0's parameters on every process."""
@@ -357,7 +434,7 @@ class Distiller:
         momentum = self.all_reduce_own_rows(opt.buffer)
         state = {"outer": outer, "syn": syn.detach().cpu(), "init": self.init_set.images, "momentum": momentum.cpu(),
                  "rng": torch.get_rng_state(), "streams": torch.stack([g.get_state() for g in self.streams]),
-                 "history": json.dumps(self.history), "config": self.cfg.to_json()}
+                 "history": json.dumps(self.history), "config": self.cfg.to_json(), "precision": self.precision}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.rank == 0:
@@ -365,7 +442,9 @@ class Distiller:
 
     def restore(self, state: dict, opt: ClassSGD) -> int:
         """Load a checkpoint's momentum, random streams and history; returns the next outer index."""
-        saved, now = json.loads(state["config"]), json.loads(self.cfg.to_json())
+        # a setting the checkpoint predates counts as its default, which is what that run used
+        saved = {**json.loads(UDDConfig().to_json()), **json.loads(state["config"])}
+        now = json.loads(self.cfg.to_json())
         changed = sorted(k for k in now if k != "checkpoint_every" and saved.get(k) != now[k])
         if changed:
             raise UDDError(f"the checkpoint in {self.out_dir} was written with other settings ({', '.join(changed)}); "

@@ -93,11 +93,53 @@ def protocol(name: str, **changes) -> EvalProtocol:
     return replace(PROTOCOLS[name], **{k: v for k, v in changes.items() if v is not None})
 
 
+#: (model, width, image shape, classes, batch, device) -> the precision the ``auto`` probe chose for it
+_CHOSEN: dict[tuple, str] = {}
+
+
+def eval_precision(proto: EvalProtocol, test: RealData, device="cpu") -> str:
+    """The precision of ``proto``'s training passes: as given, or for ``auto`` fp32 where bf16 has no hardware
+    path (:func:`udd_fast.losses.resolve_precision`) and otherwise the faster of fp32 and bf16 over one timed
+    training batch each (after one untimed), on a throwaway network. Probed once per network and batch shape;
+    the global random stream is put back, so the training that follows is the one its precision gives."""
+    dev = torch.device(device)
+    if resolve_precision(proto.precision, dev.type) == "fp32" or proto.precision != "auto":
+        return resolve_precision(proto.precision, dev.type)
+    key = (proto.model, proto.width, test.channels, test.size, test.num_classes, proto.batch, str(dev))
+    if key not in _CHOSEN:
+        rng = torch.get_rng_state()
+        seconds = batch_seconds(proto, test, dev)
+        torch.set_rng_state(rng)
+        _CHOSEN[key] = min(seconds, key=seconds.get)
+    return _CHOSEN[key]
+
+
+def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device) -> dict[str, float]:
+    """Wall time of one training batch of ``proto``'s network in each precision, after one untimed batch."""
+    net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(dev)
+    opt = network_optimizer(net, proto.lr, proto.momentum, proto.weight_decay)
+    x = torch.rand(proto.batch, test.channels, test.size, test.size, device=dev)
+    y = torch.randint(test.num_classes, (proto.batch,), device=dev)
+    seconds = {}
+    for precision in PRECISIONS:
+        for _ in range(2):
+            start = time.perf_counter()
+            with autocast(dev.type, precision):
+                loss = F.cross_entropy(net(x).float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            seconds[precision] = time.perf_counter() - start
+    return seconds
+
+
 def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: EvalProtocol, seed: int = 0,
                    device="cpu", progress: bool = False):
     """Train one fresh network on (x, y) (pixel space); return its test accuracy in percent and the network."""
+    proto = replace(proto, precision=eval_precision(proto, test, device))
     torch.manual_seed(seed)
-    proto = replace(proto, precision=resolve_precision(proto.precision, torch.device(device).type))
     net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(device)
     opt = network_optimizer(net, proto.lr, proto.momentum, proto.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(m * proto.epochs) for m in proto.milestones],
@@ -150,7 +192,7 @@ def evaluate_images(x, y, test: RealData, proto: EvalProtocol = EvalProtocol(), 
     return {"mean": t.mean().item(), "std": t.std(unbiased=False).item() if len(accs) > 1 else 0.0,
             "accs": accs, "train_images": int(len(y)), "mue": sum(mues) / len(mues),
             "wall_s": time.time() - start, "protocol": asdict(proto),
-            "precision": resolve_precision(proto.precision, torch.device(device).type)}
+            "precision": eval_precision(proto, test, device)}
 
 
 def evaluate(synset: SyntheticSet, test: RealData, proto: EvalProtocol = EvalProtocol(), expand: bool | None = None,

@@ -320,7 +320,7 @@ class Harness:
         syn = distiller.run(progress=self.progress, resume=resume)
         # the initialisation (herding trains a network) is part of the cost of a row
         info = {"distill_wall_s": time.time() - start, "resumed": resume, "config": json.loads(cfg.to_json()),
-                **distiller.memory}
+                "precision": distiller.precision, "precision_probe": distiller.probe, **distiller.memory}
         made.write_text(json.dumps(info))
         return syn, distiller.init_set, info
 

@@ -1,0 +1,95 @@
+"""How close one inner step comes to this machine's limit, and where its time goes.
+
+    pytest bench/test_bench_flops.py --benchmark-only -s
+
+- the FLOPs of one inner step (window mining, matching, network update), counted by
+  ``torch.utils.flop_counter.FlopCounterMode``, for the ``cpu-quick`` and ``idc`` presets at Fashion-MNIST
+  IPC=1 in fp32 and bf16, and the GFLOP/s the step achieves;
+- beside it, in the same run, the machine's measured peak: one 3x3 convolution of a ConvNet-3 middle layer
+  (256 x 128 x 14 x 14 -> 128 channels, forward) in fp32 and in bf16;
+- the step's ops sorted by self time (``torch.profiler``), printed: what the step spends outside convolutions.
+"""
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from test_bench_step import fmnist_like
+from timing import DEVICE, sync
+from udd_fast import Distiller, preset
+
+CONV_INPUT, CONV_OUT = (256, 128, 14, 14), 128
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@pytest.fixture(scope="module")
+def conv_peak() -> dict[str, float]:
+    """GFLOP/s of the reference convolution in each dtype: the best of 5 timed calls after 2 warm-ups."""
+    peak = {}
+    for name, dtype in DTYPES.items():
+        x = torch.randn(CONV_INPUT, device=DEVICE, dtype=dtype)
+        w = torch.randn(CONV_OUT, CONV_INPUT[1], 3, 3, device=DEVICE, dtype=dtype)
+        flops = 2 * CONV_INPUT[0] * CONV_OUT * CONV_INPUT[2] * CONV_INPUT[3] * CONV_INPUT[1] * 9
+        times = []
+        for i in range(7):
+            sync()
+            t = time.perf_counter()
+            F.conv2d(x, w, padding=1)
+            sync()
+            times.append(time.perf_counter() - t)
+        peak[name] = flops / min(times[2:]) / 1e9
+    return peak
+
+
+def step_setup(name: str, precision: str):
+    cfg = preset(name, "fashion-mnist", 1).replace(precision=precision, step="loop")
+    d = Distiller(fmnist_like(), cfg, DEVICE)
+    d.seed()
+    syn = d.init_synthetic().requires_grad_(True)
+    net, opt = d.fresh_network()
+    bank = d.class_embeddings(net, syn)
+
+    def step():
+        syn.grad = None
+        d.matching_gradient(net, syn, bank, 0)
+        d.train_network(net, opt, syn)
+        sync()
+
+    return cfg, step
+
+
+@pytest.mark.parametrize("precision", list(DTYPES))
+@pytest.mark.parametrize("name", ["cpu-quick", "idc"])
+def test_step_against_peak(benchmark, conv_peak, name, precision):
+    cfg, step = step_setup(name, precision)
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops()
+    benchmark.group = f"inner step against the conv peak, fmnist ipc1 {DEVICE}"
+    benchmark.pedantic(step, rounds=3, warmup_rounds=1)
+    seconds = benchmark.stats.stats.mean
+    achieved = flops / seconds / 1e9
+    benchmark.extra_info.update(device=DEVICE, width=cfg.width, precision=precision, gflop_per_step=flops / 1e9,
+                                step_s=seconds, gflop_per_s=achieved, conv_peak_gflop_per_s=conv_peak,
+                                share_of_peak=achieved / conv_peak[precision], ms_per_image=seconds * 1e3 / 10)
+    print(f"\n{name} {precision}: {flops / 1e9:.1f} GFLOP per step in {seconds:.2f} s = {achieved:.1f} GFLOP/s; "
+          f"conv peak fp32 {conv_peak['fp32']:.0f}, bf16 {conv_peak['bf16']:.0f} GFLOP/s: "
+          f"{100 * achieved / conv_peak[precision]:.0f} % of the {precision} peak")
+
+
+@pytest.mark.parametrize("precision", list(DTYPES))
+def test_step_profile(benchmark, precision, capsys):
+    """The cpu-quick step's 15 most expensive ops by self time (printed; the row times the profiled step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, step = step_setup("cpu-quick", precision)
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as p:
+        benchmark.pedantic(step, rounds=1)
+    key = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
+    with capsys.disabled():
+        print(f"\ncpu-quick step, {precision}, ops by self time:")
+        print(p.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40))
