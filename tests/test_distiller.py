@@ -157,14 +157,14 @@ def test_auto_precision_keeps_the_faster_and_leaves_no_trace(monkeypatch, tmp_pa
     monkeypatch.setattr(distiller, "bf16_is_fast", lambda device_type: fast_bf16)
     probed = []
     step_seconds = Distiller.step_seconds
-    monkeypatch.setattr(Distiller, "step_seconds", lambda self, syn, p: (
-        probed.append(p), step_seconds(self, syn, p), times[p])[2])
+    monkeypatch.setattr(Distiller, "step_seconds", lambda self, syn, p, probe: (
+        probed.append(p), step_seconds(self, syn, p, probe), times[p])[2])
     cfg = fixed_net_config(outer=2, inner=2, net_batches=1, net_batch=8, cfc=True, dsa="color_crop_cutout",
                            checkpoint_every=1)
     d = Distiller(tiny_data(), cfg.replace(precision="auto"), out_dir=tmp_path)
     syn = d.run(progress=False)
     assert d.precision == chosen and d.probe["chosen"] == chosen
-    assert probed == ([] if not fast_bf16 else ["fp32", "bf16"])
+    assert probed == ([] if not fast_bf16 else ["fp32", "bf16"] * 3)  # one untimed step each, then 2 rounds
     assert torch.equal(syn.images, Distiller(tiny_data(), cfg.replace(precision=chosen)).run(progress=False).images)
     again = Distiller(tiny_data(), cfg.replace(precision="auto"), out_dir=tmp_path)
     probed.clear()

@@ -219,7 +219,8 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--eval-model", choices=MODELS, help="evaluation network (default: convnet, width 128)")
         q.add_argument("--eval-precision", choices=["fp32", "bf16", "auto"],
                        help="evaluation networks' passes in fp32 (default), under bf16 autocast, or auto: bf16 "
-                            "where the hardware has it (a GPU with bf16; a CPU with AMX or AVX-512 BF16)")
+                            "where the hardware has it (a GPU with bf16; a CPU with AMX or AVX-512 BF16) and timed "
+                            "batches say it is faster")
 
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
     common(d)
@@ -256,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
                         "default) or all of it (repeat: the set is then bit-identical to one process's)")
     d.add_argument("--precision", choices=["fp32", "bf16", "auto"],
                    help="bf16: network passes under bfloat16 autocast; auto: the faster of fp32 and bf16, timed on "
-                        "one step each (fp32 without a bf16 hardware path); default: the preset's")
+                        "the first steps (fp32 without a bf16 hardware path); default: the preset's")
     d.add_argument("--evaluate", action="store_true", help="evaluate the result when done")
     d.add_argument("--baseline", action="store_true", help="with --evaluate, also score random real images")
     protocol(d)

@@ -73,6 +73,8 @@ from udd_fast.synset import SyntheticSet
 CLASS_STREAM_STRIDE = 1_000_003
 #: lr_img is multiplied by this at every ``lr_decay`` milestone (the paper halves it).
 LR_IMG_DECAY = 0.5
+#: timed inner steps per precision when ``precision="auto"`` chooses (the best of them counts)
+PROBE_ROUNDS = 2
 
 
 class Distiller:
@@ -181,15 +183,27 @@ class Distiller:
 
     def choose_precision(self, syn: torch.Tensor) -> str:
         """``precision="auto"``: fp32 where bf16 has no hardware path (:func:`bf16_is_fast`), else the faster of
-        fp32 and bf16 over one timed inner step each. The probe leaves no trace: its networks are thrown away and
-        every random stream is put back, so the run is the one its chosen precision gives. Under torchrun rank
-        0's choice holds everywhere. What was measured is kept in ``self.probe`` (and in metrics.json)."""
+        fp32 and bf16: one untimed inner step each (one-off costs: kernel selection, allocations), then the best
+        of :data:`PROBE_ROUNDS` timed steps each, the precisions alternating so that a burst of load elsewhere
+        does not fall on one of them only. The probe leaves no trace: its networks are thrown away and every
+        random stream is put back, so the run is the one its chosen precision gives. Under torchrun rank 0's
+        choice holds everywhere. What was measured is kept in ``self.probe`` (and in metrics.json)."""
         if not bf16_is_fast(self.device.type):
             self.probe = {"chosen": "fp32", "reason": f"no bf16 hardware path on this {self.device.type}"}
             return "fp32"
         rng, streams = torch.get_rng_state(), [g.get_state() for g in self.streams]
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        seconds = {p: self.step_seconds(syn, p) for p in PRECISIONS}
+        nets = {}
+        for p in PRECISIONS:
+            self.precision = p
+            net, opt = self.fresh_network()
+            nets[p] = (net, opt, self.class_embeddings(net, syn))
+            self.step_seconds(syn, p, nets[p])
+        times = {p: [] for p in PRECISIONS}
+        for _ in range(PROBE_ROUNDS):
+            for p in PRECISIONS:
+                times[p].append(self.step_seconds(syn, p, nets[p]))
+        seconds = {p: min(t) for p, t in times.items()}
         torch.set_rng_state(rng)
         for g, state in zip(self.streams, streams):
             g.set_state(state)
@@ -203,23 +217,20 @@ class Distiller:
         self.probe = {"chosen": chosen, "step_s": seconds}
         return chosen
 
-    def step_seconds(self, syn: torch.Tensor, precision: str) -> float:
-        """Wall time of one inner step (matching and network update) in ``precision``, after one untimed step
-        (one-off costs: kernel selection, allocations)."""
+    def step_seconds(self, syn: torch.Tensor, precision: str, probe: tuple) -> float:
+        """Wall time of one inner step (matching and network update) in ``precision`` on the probe's network,
+        optimizer and CFC bank ``probe``."""
         self.precision = precision
-        net, opt = self.fresh_network()
-        bank = self.class_embeddings(net, syn)
-        for _ in range(2):
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            start = time.perf_counter()
-            syn.grad = None
-            self.matching_gradient(net, syn, bank, 0)
-            self.train_network(net, opt, syn)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - start
-        return seconds
+        net, opt, bank = probe
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        syn.grad = None
+        self.matching_gradient(net, syn, bank, 0)
+        self.train_network(net, opt, syn)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
 
     def seed(self) -> None:
         """Seed the global random stream (networks and their training, the initialisation) and one stream per

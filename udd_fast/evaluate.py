@@ -45,7 +45,7 @@ class EvalProtocol:
     cutmix: float = 0.0
     repeats: int = 3
     precision: str = "fp32"              # "bf16": network passes under bfloat16 autocast (weights stay fp32);
-                                         # "auto": bf16 where the hardware has it (losses.bf16_is_fast)
+                                         # "auto": bf16 where it is faster (eval_precision)
 
     def __post_init__(self):
         if self.augment not in AUGMENTS:
@@ -114,25 +114,33 @@ def eval_precision(proto: EvalProtocol, test: RealData, device="cpu") -> str:
     return _CHOSEN[key]
 
 
-def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device) -> dict[str, float]:
-    """Wall time of one training batch of ``proto``'s network in each precision, after one untimed batch."""
+def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device, rounds: int = 3) -> dict[str, float]:
+    """Wall time of one training batch of ``proto``'s network in each precision: the best of ``rounds`` timed
+    batches after one untimed, the precisions alternating so that a burst of load elsewhere does not fall on one
+    of them only."""
     net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(dev)
     opt = network_optimizer(net, proto.lr, proto.momentum, proto.weight_decay)
     x = torch.rand(proto.batch, test.channels, test.size, test.size, device=dev)
     y = torch.randint(test.num_classes, (proto.batch,), device=dev)
-    seconds = {}
+
+    def batch(precision: str) -> float:
+        start = time.perf_counter()
+        with autocast(dev.type, precision):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - start
+
     for precision in PRECISIONS:
-        for _ in range(2):
-            start = time.perf_counter()
-            with autocast(dev.type, precision):
-                loss = F.cross_entropy(net(x).float(), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            seconds[precision] = time.perf_counter() - start
-    return seconds
+        batch(precision)
+    times = {p: [] for p in PRECISIONS}
+    for _ in range(rounds):
+        for precision in PRECISIONS:
+            times[precision].append(batch(precision))
+    return {p: min(t) for p, t in times.items()}
 
 
 def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: EvalProtocol, seed: int = 0,
