@@ -59,6 +59,9 @@ def test_distilling_from_the_cache_gives_the_streamed_set(folder, cached):
 def test_interrupted_prepare_resumes(folder, cached, tmp_path, monkeypatch):
     monkeypatch.setattr(cache_mod, "CHUNK", 4)
     decoded, real_decode = [], FolderData.decode
+    workers = []
+    init = FolderData.__init__
+    monkeypatch.setattr(FolderData, "__init__", lambda self, *a, **k: (workers.append(a[3]), init(self, *a, **k))[1])
 
     def dies_on_third_chunk(self, index):
         index = list(index)
@@ -86,6 +89,7 @@ def test_interrupted_prepare_resumes(folder, cached, tmp_path, monkeypatch):
     decoded.clear()
     prepare(folder, out, SIZE, num_workers=0, progress=False)
     assert decoded == []  # complete: nothing to do
+    assert workers == [0, 0, 0]  # the thread count asked for
 
 
 def test_mismatched_caches_are_refused(folder, cached, tmp_path):

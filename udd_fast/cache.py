@@ -92,7 +92,7 @@ def prepare(root: str | os.PathLike, cache: str | os.PathLike, size: int = 224, 
     """Decode the ImageFolder ``root`` (``classes`` and ``size`` as :class:`~udd_fast.data.FolderData`) into the
     cache directory ``cache`` with ``num_workers`` threads (default: every core); resume an interrupted run.
     Refuses a directory that holds a cache of another folder, class list or size. Returns ``cache``."""
-    folder = FolderData(root, size, classes, os.cpu_count() or 1 if num_workers is None else num_workers)
+    folder = FolderData(root, size, classes, (os.cpu_count() or 1) if num_workers is None else num_workers)
     want, cache = _manifest(folder), Path(cache)
     have = read_manifest(cache)
     if have is not None and have["hash"] != want["hash"]:
