@@ -121,7 +121,9 @@ def test_cli_prepare_then_distill_from_the_cache(folder, tmp_path, capsys):
     assert "27 images of 3 classes at 16 px" in capsys.readouterr().out
     run = ["distill", "--dataset", "imagefolder", "--ipc", "1", "--outer", "1", "--inner", "1", "--width", "8",
            "--quiet", "--policy", "none", "--no-cfc"]
-    assert main(run + ["--cache", str(cache), "--out", str(tmp_path / "cached")]) == 0  # size from the cache
+    # size from the cache, for the training images and for the test split of the evaluation
+    assert main(run + ["--cache", str(cache), "--test-root", str(folder), "--evaluate", "--epochs", "1", "--repeats",
+                       "1", "--protocols", "plain", "--out", str(tmp_path / "cached")]) == 0
     assert main(run + ["--data-root", str(folder), "--size", str(SIZE), "--out", str(tmp_path / "streamed")]) == 0
     a, b = (SyntheticSet.load(tmp_path / d / "synset.safetensors").images for d in ("cached", "streamed"))
     assert torch.equal(a, b)

@@ -43,7 +43,9 @@ def _load(args, train: bool):
             prepare(args.data_root, cache, size, args.classes, args.workers, progress=not args.quiet)
         elif args.data_root:
             wait_for_cache(cache)  # on disk, not in a barrier: decoding may outlast a collective's timeout
-        return CachedData(cache, classes=args.classes, size=args.size)
+        data = CachedData(cache, classes=args.classes, size=args.size)
+        args.size = data.size  # the test split, loaded next, at the cache's size
+        return data
     root = args.data_root if train else (args.test_root or args.data_root)
     if root is None and cache:
         raise UDDError("with --cache and no --data-root, pass --test-root for the evaluation's test images")
