@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,7 @@ def _check_ipc(by_class, ipc: int, factor: int) -> None:
                        + ("" if factor == 1 else " or --factor"))
 
 
-class StoredImages:
+class StoredImages(ABC):
     """The sampler interface over images held as uint8 somewhere outside one float tensor, read ``load(index)`` at
     a time: :class:`FolderData` (files decoded per batch) and :class:`udd_fast.cache.CachedData` (a decoded,
     memory-mapped cache). Subclasses set ``classes, labels, image_size, mean, std, name, flip`` and define
@@ -205,8 +206,9 @@ class StoredImages:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return _normalize(x, self.mean, self.std)
 
+    @abstractmethod
     def read(self, index: list[int]) -> torch.Tensor:
-        raise NotImplementedError
+        """uint8 images (n, 3, size, size) at dataset positions ``index``, on the CPU or on :attr:`device`."""
 
     def load(self, index) -> torch.Tensor:
         """The images at dataset positions ``index`` (in that order) on :attr:`device`, in pixel space [0, 1].
