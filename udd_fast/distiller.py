@@ -59,8 +59,8 @@ from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
 from udd_fast.formation import decode, mix_init
 from udd_fast.image_step import ClassSGD
-from udd_fast.losses import (PRECISIONS, autocast, bf16_is_fast, cfc_loss, ema_update, grad_match, matched_names,
-                             soft_cross_entropy)
+from udd_fast.losses import (PRECISIONS, autocast, best_seconds, bf16_is_fast, cfc_loss, ema_update, grad_match,
+                             matched_names, soft_cross_entropy)
 from udd_fast.metrics import peak_memory
 from udd_fast.models import build_model, network_optimizer
 from udd_fast.regions import (batch_weights, candidate_windows, check_image_size, jitter_seed, select_windows,
@@ -183,9 +183,8 @@ class Distiller:
 
     def choose_precision(self, syn: torch.Tensor) -> str:
         """``precision="auto"``: fp32 where bf16 has no hardware path (:func:`bf16_is_fast`), else the faster of
-        fp32 and bf16: one untimed inner step each (one-off costs: kernel selection, allocations), then the best
-        of :data:`PROBE_ROUNDS` timed steps each, the precisions alternating so that a burst of load elsewhere
-        does not fall on one of them only. The probe leaves no trace: its networks are thrown away and every
+        fp32 and bf16 over :data:`PROBE_ROUNDS` timed inner steps each (:func:`best_seconds`), each precision on
+        its own fresh network. The probe leaves no trace: its networks are thrown away and every
         random stream is put back, so the run is the one its chosen precision gives. Under torchrun rank 0's
         choice holds everywhere. What was measured is kept in ``self.probe`` (and in metrics.json)."""
         if not bf16_is_fast(self.device.type):
@@ -195,15 +194,9 @@ class Distiller:
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         nets = {}
         for p in PRECISIONS:
-            self.precision = p
             net, opt = self.fresh_network()
             nets[p] = (net, opt, self.class_embeddings(net, syn))
-            self.step_seconds(syn, p, nets[p])
-        times = {p: [] for p in PRECISIONS}
-        for _ in range(PROBE_ROUNDS):
-            for p in PRECISIONS:
-                times[p].append(self.step_seconds(syn, p, nets[p]))
-        seconds = {p: min(t) for p, t in times.items()}
+        seconds = best_seconds(lambda p: self.step_seconds(syn, p, nets[p]), PROBE_ROUNDS)
         torch.set_rng_state(rng)
         for g, state in zip(self.streams, streams):
             g.set_state(state)

@@ -13,7 +13,7 @@ from udd_fast.augment import DSA, cutmix, random_shift
 from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
 from udd_fast.coreset import random_coreset
-from udd_fast.losses import PRECISIONS, autocast, resolve_precision, soft_cross_entropy
+from udd_fast.losses import PRECISIONS, autocast, best_seconds, resolve_precision, soft_cross_entropy
 from udd_fast.metrics import mue
 from udd_fast.models import NET_MOMENTUM, NET_WEIGHT_DECAY, build_model, network_optimizer
 from udd_fast.synset import SyntheticSet
@@ -99,12 +99,13 @@ _CHOSEN: dict[tuple, str] = {}
 
 def eval_precision(proto: EvalProtocol, test: RealData, device="cpu") -> str:
     """The precision of ``proto``'s training passes: as given, or for ``auto`` fp32 where bf16 has no hardware
-    path (:func:`udd_fast.losses.resolve_precision`) and otherwise the faster of fp32 and bf16 over one timed
-    training batch each (after one untimed), on a throwaway network. Probed once per network and batch shape;
+    path (:func:`udd_fast.losses.resolve_precision`) and otherwise the faster of fp32 and bf16 over timed
+    training batches on a throwaway network (:func:`batch_seconds`). Probed once per network and batch shape;
     the global random stream is put back, so the training that follows is the one its precision gives."""
     dev = torch.device(device)
-    if resolve_precision(proto.precision, dev.type) == "fp32" or proto.precision != "auto":
-        return resolve_precision(proto.precision, dev.type)
+    resolved = resolve_precision(proto.precision, dev.type)
+    if proto.precision != "auto" or resolved == "fp32":
+        return resolved
     key = (proto.model, proto.width, test.channels, test.size, test.num_classes, proto.batch, str(dev))
     if key not in _CHOSEN:
         rng = torch.get_rng_state()
@@ -115,9 +116,7 @@ def eval_precision(proto: EvalProtocol, test: RealData, device="cpu") -> str:
 
 
 def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device, rounds: int = 3) -> dict[str, float]:
-    """Wall time of one training batch of ``proto``'s network in each precision: the best of ``rounds`` timed
-    batches after one untimed, the precisions alternating so that a burst of load elsewhere does not fall on one
-    of them only."""
+    """Seconds of one training batch of ``proto``'s network in each precision (:func:`best_seconds`)."""
     net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(dev)
     opt = network_optimizer(net, proto.lr, proto.momentum, proto.weight_decay)
     x = torch.rand(proto.batch, test.channels, test.size, test.size, device=dev)
@@ -134,13 +133,7 @@ def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device, rounds
             torch.cuda.synchronize(dev)
         return time.perf_counter() - start
 
-    for precision in PRECISIONS:
-        batch(precision)
-    times = {p: [] for p in PRECISIONS}
-    for _ in range(rounds):
-        for precision in PRECISIONS:
-            times[precision].append(batch(precision))
-    return {p: min(t) for p, t in times.items()}
+    return best_seconds(batch, rounds)
 
 
 def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: EvalProtocol, seed: int = 0,

@@ -54,6 +54,19 @@ def bf16_is_fast(device_type: str) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def best_seconds(time_one, rounds: int) -> dict[str, float]:
+    """Per precision, the best of ``rounds`` calls of ``time_one(precision)`` (seconds) after one untimed call
+    each (one-off costs: kernel selection, allocations); the precisions alternate, so that a burst of load
+    elsewhere does not fall on one of them only. What ``precision="auto"`` decides on."""
+    for precision in PRECISIONS:
+        time_one(precision)
+    times = {p: [] for p in PRECISIONS}
+    for _ in range(rounds):
+        for precision in PRECISIONS:
+            times[precision].append(time_one(precision))
+    return {p: min(t) for p, t in times.items()}
+
+
 def resolve_precision(precision: str, device_type: str) -> str:
     """``auto``: bf16 where :func:`bf16_is_fast`, else fp32; other precisions as given."""
     if precision == "auto":
