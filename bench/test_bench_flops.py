@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from test_bench_step import fmnist_like
-from timing import DEVICE, sync
+from timing import DEVICE, inner_step, sync
 from udd_fast import Distiller, preset
 
 CONV_INPUT, CONV_OUT = (256, 128, 14, 14), 128
@@ -45,18 +45,7 @@ def conv_peak() -> dict[str, float]:
 
 def step_setup(name: str, precision: str):
     cfg = preset(name, "fashion-mnist", 1).replace(precision=precision, step="loop")
-    d = Distiller(fmnist_like(), cfg, DEVICE)
-    d.seed()
-    syn = d.init_synthetic().requires_grad_(True)
-    net, opt = d.fresh_network()
-    bank = d.class_embeddings(net, syn)
-
-    def step():
-        syn.grad = None
-        d.matching_gradient(net, syn, bank, 0)
-        d.train_network(net, opt, syn)
-        sync()
-
+    step, _ = inner_step(Distiller(fmnist_like(), cfg, DEVICE))
     return cfg, step
 
 

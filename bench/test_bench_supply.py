@@ -26,7 +26,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from timing import DEVICE, sync
+from timing import DEVICE, inner_step, sync
 from udd_fast import Distiller, FolderData, preset
 from udd_fast.cache import CachedData, prepare
 from udd_fast.metrics import peak_memory
@@ -110,20 +110,7 @@ def test_inner_step_demand(benchmark, jpeg_folder, cache, capsys):
     data = CachedData(cache[0]).to(DEVICE)
     classes = 2
     cfg = paper_step_config(batch_real=16, net_batch=16, net_batches=2)
-    d = Distiller(data, cfg, DEVICE)
-    d.classes = list(range(classes))  # a share of the classes, as one of several processes would hold
-    d.own_index = torch.arange(classes, device=DEVICE)
-    d.group_index = {(c,): torch.tensor([c], device=DEVICE) for c in range(classes)}
-    d.seed()
-    syn = d.init_synthetic().requires_grad_(True)
-    net, opt = d.fresh_network()
-    bank = d.class_embeddings(net, syn)
-
-    def run():
-        syn.grad = None
-        d.matching_gradient(net, syn, bank, 0)
-        d.train_network(net, opt, syn)
-        sync()
+    run, _ = inner_step(Distiller(data, cfg, DEVICE), classes)  # a share of the classes, as one process's
 
     benchmark.group = f"real-batch supply {SIZE}px {DEVICE}"
     benchmark.pedantic(run, rounds=1, warmup_rounds=1)
@@ -140,12 +127,7 @@ def step_flops(data, classes_ipc: int, batch_real: int, net_batch: int) -> dict:
     """FLOPs of one inner step's pieces for 1 class: mining its windows, matching it, one network batch."""
     cfg = paper_step_config(classes_ipc, batch_real, net_batch, net_batches=1)
     d = Distiller(data, cfg, DEVICE)
-    d.classes, d.own_index = [0], torch.zeros(1, dtype=torch.long, device=DEVICE)
-    d.group_index = {(0,): d.own_index}
-    d.seed()
-    syn = d.init_synthetic().requires_grad_(True)
-    net, opt = d.fresh_network()
-    bank = d.class_embeddings(net, syn)
+    _, (syn, net, opt, bank) = inner_step(d, classes=1)
     counted = {}
     with FlopCounterMode(display=False) as fc:
         d.underutilized_windows(net, syn, 0)

@@ -48,3 +48,26 @@ def timed(benchmark, fn, images: int, nbytes: int | None = None, rounds: int = 3
     if nbytes:
         benchmark.extra_info.update(gb_per_s=nbytes / ms / 1e6, bytes_per_call=nbytes)
     return ms
+
+
+def inner_step(d, classes: int | None = None):
+    """One inner step of the Distiller ``d`` as a call (window mining and matching of its classes, then the
+    network update, synced), on S at its initialisation and a fresh network; with ``classes``, only the first
+    that many classes are matched, as one of several processes would. Returns ``(step, (syn, net, opt, bank))``
+    so that a caller can also run the pieces one by one."""
+    if classes is not None:
+        d.classes = list(range(classes))
+        d.own_index = torch.arange(classes, device=d.device)
+        d.group_index = {(c,): torch.tensor([c], device=d.device) for c in d.classes}
+    d.seed()
+    syn = d.init_synthetic().requires_grad_(True)
+    net, opt = d.fresh_network()
+    bank = d.class_embeddings(net, syn)
+
+    def step():
+        syn.grad = None
+        d.matching_gradient(net, syn, bank, 0)
+        d.train_network(net, opt, syn)
+        sync()
+
+    return step, (syn, net, opt, bank)
