@@ -24,6 +24,7 @@ def test_presets_follow_idc_code_and_the_paper():
     assert steps == {1: (3, 100), 10: (2, 50), 50: (2, 50)}
     quick = preset("cpu-quick", "fashion-mnist", 1)
     assert quick.lr_img == pytest.approx(3 * idc.lr_img) and quick.regions.crop_share == 0.2 and quick.width == 64
+    assert (quick.step, quick.precision, paper.precision, idc.precision) == ("loop", "auto", "auto", "fp32")
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from udd_fast.errors import UDDError
-from udd_fast.losses import cfc_loss, distance, ema_update, grad_match, matched_names
+from torch.func import grad
+
+from udd_fast.losses import (batch_loss, cfc_loss, distance, ema_update, grad_match, matched_names,
+                             real_gradients)
 from udd_fast.models import ConvNet
 from udd_fast.regions import batch_weights
 
@@ -92,3 +95,24 @@ def test_grad_match_bf16_close_to_fp32():
     g32, g16 = out["fp32"][1].flatten(), out["bf16"][1].flatten()
     # the update direction survives bf16 (8-bit mantissa through a double backward): cosine, not elementwise
     assert torch.cosine_similarity(g16, g32, 0) > 0.95
+
+
+def test_real_gradients_are_func_grads_without_a_graph():
+    """The loop step's real gradients (plain autograd) equal torch.func's, carry no graph, and stand in for the
+    real batch in grad_match."""
+    torch.manual_seed(0)
+    net = ConvNet(1, 3, 28, width=8)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    names = matched_names(net)
+    x, y = torch.rand(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+    got = real_gradients(net, params, names, x, y)
+    want, _ = grad(batch_loss(net, params, names), has_aux=True)({n: params[n] for n in names}, x, y)
+    assert list(got) == names
+    for n in names:
+        torch.testing.assert_close(got[n], want[n], atol=1e-6, rtol=1e-5)
+        assert not got[n].requires_grad and got[n].grad_fn is None
+    syn = torch.rand(3, 1, 28, 28, requires_grad=True)
+    w = torch.full((3,), 1 / 3)
+    a, _ = grad_match(net, params, names, x, y, syn, y[:3], w, "mse")
+    b, _ = grad_match(net, params, names, None, None, syn, y[:3], w, "mse", g_real=got)
+    torch.testing.assert_close(a, b)

@@ -135,8 +135,7 @@ CPU_QUICK_NOTES = (
     "cpu-quick differs from paper in: 3 x 100 iterations at IPC=1 and 2 x 50 above, no lr_img decay, lr_img "
     f"{CPU_QUICK_LR:g}x IDC's; a width-64 ConvNet-3 for distillation (evaluation stays width 128); the crops carry "
     f"{CPU_QUICK_CROP_SHARE:g} of each image's weight in the synthetic batch instead of P/(P+1); the per-class loop, "
-    "faster than the batched step on CPU; fp32, in which every cpu-quick result was measured (on a CPU with AMX "
-    "bf16 steps are faster: --precision auto)."
+    "faster than the batched step on CPU."
 )
 
 
@@ -158,4 +157,4 @@ def preset(name: str, dataset: str, ipc: int, size: int | None = None, num_class
         return paper
     outer, inner = (3, 100) if ipc == 1 else (2, 50)
     return paper.replace(outer=outer, inner=inner, width=64, lr_decay=(), lr_img=paper.lr_img * CPU_QUICK_LR,
-                         regions=replace(paper.regions, crop_share=CPU_QUICK_CROP_SHARE), step="loop", precision="fp32")
+                         regions=replace(paper.regions, crop_share=CPU_QUICK_CROP_SHARE), step="loop")

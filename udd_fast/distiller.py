@@ -54,13 +54,14 @@ from tqdm.auto import tqdm
 from udd_fast import checkpoint
 from udd_fast.augment import DSA, cutmix
 from udd_fast.config import UDDConfig
+from udd_fast.cpu import keep_freed_memory
 from udd_fast.coreset import herding_coreset
 from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
 from udd_fast.formation import decode, mix_init
 from udd_fast.image_step import ClassSGD
-from udd_fast.losses import (PRECISIONS, autocast, best_seconds, bf16_is_fast, cfc_loss, ema_update, grad_match,
-                             matched_names, soft_cross_entropy)
+from udd_fast.losses import (PRECISIONS, autocast, best_seconds, bf16_is_fast, bf16_units, cfc_loss, ema_update,
+                             grad_match, matched_names, real_gradients, soft_cross_entropy)
 from udd_fast.metrics import peak_memory
 from udd_fast.models import build_model, network_optimizer
 from udd_fast.regions import (batch_weights, candidate_windows, check_image_size, jitter_seed, select_windows,
@@ -89,6 +90,8 @@ class Distiller:
         if config.regions.policy is not None:
             check_image_size(data.size, config.regions.groups)
         self.data, self.cfg, self.device = data.to(device), config, torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.out_dir = Path(out_dir) if out_dir else None
         self.num_classes = data.num_classes
         self.windows = candidate_windows(config.regions.groups).to(self.device)
@@ -186,7 +189,8 @@ class Distiller:
         fp32 and bf16 over :data:`PROBE_ROUNDS` timed inner steps each (:func:`best_seconds`), each precision on
         its own fresh network. The probe leaves no trace: its networks are thrown away and every
         random stream is put back, so the run is the one its chosen precision gives. Under torchrun rank 0's
-        choice holds everywhere. What was measured is kept in ``self.probe`` (and in metrics.json)."""
+        choice holds everywhere. What was measured, and the bf16 hardware found, is kept in ``self.probe`` (and
+        in metrics.json)."""
         if not bf16_is_fast(self.device.type):
             self.probe = {"chosen": "fp32", "reason": f"no bf16 hardware path on this {self.device.type}"}
             return "fp32"
@@ -207,7 +211,7 @@ class Distiller:
         if self.world > 1:
             dist.broadcast(pick, 0)
         chosen = "bf16" if pick.item() else "fp32"
-        self.probe = {"chosen": chosen, "step_s": seconds}
+        self.probe = {"chosen": chosen, "step_s": seconds, "bf16_units": bf16_units(self.device.type)}
         return chosen
 
     def step_seconds(self, syn: torch.Tensor, precision: str, probe: tuple) -> float:
@@ -339,7 +343,8 @@ class Distiller:
         if cfg.step == "batched":
             match, emb = vmap(fn)(x_real, y_real, x_syn, y_syn, w_syn)
         else:
-            match, emb = (t[None] for t in fn(x_real[0], y_real[0], x_syn[0], y_syn[0], w_syn[0]))
+            g_real = real_gradients(net, params, self.matched, x_real[0], y_real[0], self.precision)
+            match, emb = (t[None] for t in fn(x_real[0], y_real[0], x_syn[0], y_syn[0], w_syn[0], g_real=g_real))
         f_bar = emb.mean(1)
         loss = match.sum()
         if cfg.cfc:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from udd_fast.augment import DSA, cutmix, random_shift
+from udd_fast.cpu import keep_freed_memory
 from udd_fast.data import FolderData, RealData
 from udd_fast.errors import UDDError
 from udd_fast.coreset import random_coreset
@@ -139,6 +140,8 @@ def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device, rounds
 def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: EvalProtocol, seed: int = 0,
                    device="cpu", progress: bool = False):
     """Train one fresh network on (x, y) (pixel space); return its test accuracy in percent and the network."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     proto = replace(proto, precision=eval_precision(proto, test, device))
     torch.manual_seed(seed)
     net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(device)

@@ -10,14 +10,31 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from udd_fast import ops
 from udd_fast.errors import UDDError
 
 MODELS = ("convnet", "resnetap10", "resnet18", "vgg11", "alexnet")
 
 
-def instance_norm(c: int) -> nn.Module:
-    """Instance norm with affine parameters, as GroupNorm(C, C) (the DC/IDC ConvNet's 'instancenorm')."""
-    return nn.GroupNorm(c, c, affine=True)
+class InstanceNorm(nn.GroupNorm):
+    """Instance norm with affine parameters, GroupNorm(C, C) (the DC/IDC ConvNet's 'instancenorm'), through
+    :func:`udd_fast.ops.instance_norm` (on CPU wholly in bf16 under autocast)."""
+
+    def __init__(self, c: int):
+        super().__init__(c, c, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.instance_norm(x, self.weight, self.bias, self.eps)
+
+
+class AvgPool(nn.AvgPool2d):
+    """k x k average pooling, stride k, through :func:`udd_fast.ops.avg_pool` (on CPU, as one matrix product)."""
+
+    def __init__(self, k: int):
+        super().__init__(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.avg_pool(x, self.kernel_size)
 
 
 class ConvNet(nn.Module):
@@ -34,8 +51,8 @@ class ConvNet(nn.Module):
             s = s + 2 * pad - 2
             if s < 2:
                 raise UDDError(f"{size} px images are too small for a depth-{depth} ConvNet; use a smaller depth")
-            blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=pad), instance_norm(width), nn.ReLU(),
-                                        nn.AvgPool2d(2)))
+            blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=pad), InstanceNorm(width), nn.ReLU(),
+                                        AvgPool(2)))
             c, s = width, s // 2
         self.blocks = nn.ModuleList(blocks)
         self.classifier = nn.Linear(width * s * s, num_classes)
@@ -69,14 +86,14 @@ class BasicBlockAp(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.norm1 = instance_norm(cout)
+        self.norm1 = InstanceNorm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.norm2 = instance_norm(cout)
-        self.pool = nn.AvgPool2d(2) if stride == 2 else nn.Identity()
+        self.norm2 = InstanceNorm(cout)
+        self.pool = AvgPool(2) if stride == 2 else nn.Identity()
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(stride) if stride > 1
-                                          else nn.Identity(), instance_norm(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), AvgPool(stride) if stride > 1
+                                          else nn.Identity(), InstanceNorm(cout))
 
     def forward(self, x):
         out = F.relu(self.norm1(self.conv1(x)))
@@ -95,7 +112,7 @@ class ResNetAp(nn.Module):
         super().__init__()
         big = size > 128
         self.stem = nn.Sequential(nn.Conv2d(channels, width, 7 if big else 3, padding=3 if big else 1, bias=False),
-                                  instance_norm(width), nn.ReLU(), nn.AvgPool2d(4) if big else nn.Identity())
+                                  InstanceNorm(width), nn.ReLU(), AvgPool(4) if big else nn.Identity())
         widths = [width, width * 2, width * 4, width * 8]
         layers, cin = [], width
         for i, w in enumerate(widths):
@@ -154,7 +171,7 @@ def vgg11(channels: int, num_classes: int, width: int = 64) -> nn.Module:
         if v == "M":
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         else:
-            layers += [nn.Conv2d(c, width * v, 3, padding=1), instance_norm(width * v), nn.ReLU()]
+            layers += [nn.Conv2d(c, width * v, 3, padding=1), InstanceNorm(width * v), nn.ReLU()]
             c = width * v
     return _Wrapped(nn.Sequential(*layers), c, num_classes)
 

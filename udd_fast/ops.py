@@ -1,16 +1,18 @@
 """The one dispatch point for the fast ops ``window_pool``, ``jitter_score``, ``jitter_copies`` and
-``crop_resize``. It also holds ``lowest_p``, a plain torch op with no fast kernel (one stable sort on every
-backend), so that every region policy selects its windows through this module, as ``jitter_score`` does.
+``crop_resize``, and for the two network layers with a faster form on CPU (:mod:`udd_fast.cpu`), ``avg_pool``
+and ``instance_norm``. It also holds ``lowest_p``, a plain torch op with no fast kernel (one stable sort on
+every backend), so that every region policy selects its windows through this module, as ``jitter_score``
+does.
 
 Backend choice (environment variable ``UDD_FAST_BACKEND``, or :func:`set_backend`):
 
 * ``auto`` (default): CUDA tensors go to the Triton kernels (as ``torch.ops.udd_fast`` custom ops),
-  ``crop_resize`` goes to the compiled extension on any device it has a kernel for; everything else uses
-  :mod:`udd_fast.reference`.
+  ``crop_resize`` goes to the compiled extension on any device it has a kernel for, ``avg_pool`` and
+  ``instance_norm`` take their CPU forms on CPU tensors; everything else uses :mod:`udd_fast.reference`.
 * ``reference``: always the plain-torch twins.
-* ``fast``: always the fast kernels (on CPU, Triton runs only under ``TRITON_INTERPRET=1``); ``crop_resize``
-  raises :class:`~udd_fast.errors.UDDError` when the extension is not built, or has no kernel for the
-  tensors' device, instead of falling back.
+* ``fast``: always the fast kernels (on CPU, Triton runs only under ``TRITON_INTERPRET=1``), and the layers'
+  CPU forms on CPU tensors; ``crop_resize`` raises :class:`~udd_fast.errors.UDDError` when the extension
+  is not built, or has no kernel for the tensors' device, instead of falling back.
 
 Nothing outside this module branches on device or backend.
 """
@@ -20,7 +22,7 @@ import os
 
 import torch
 
-from udd_fast import reference
+from udd_fast import cpu, reference
 
 BACKENDS = ("auto", "reference", "fast")
 _backend = os.environ.get("UDD_FAST_BACKEND", "auto")
@@ -43,6 +45,12 @@ def get_backend() -> str:
 def _triton(t: torch.Tensor) -> bool:
     """Whether this call goes to the Triton kernels (through their ``torch.ops.udd_fast`` custom ops)."""
     return _backend == "fast" or (_backend == "auto" and t.is_cuda)
+
+
+def _cpu_form(t: torch.Tensor) -> bool:
+    """Whether a network layer takes its CPU form (``avg_pool``, ``instance_norm``): on CPU tensors, unless the
+    backend is ``reference``."""
+    return _backend != "reference" and t.device.type == "cpu"
 
 
 def _kernels():
@@ -141,3 +149,19 @@ def crop_resize(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor
             return torch.ops.udd_fast.crop_resize(images, windows.to(images.device, coords),
                                                   index.to(images.device, torch.int64), with_source)
     return reference.crop_resize(images, windows, index, with_source)
+
+
+def avg_pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of each k x k block of ``x`` (..., C, H, W), stride k (:func:`udd_fast.reference.avg_pool`); on CPU
+    as one matrix product (:func:`udd_fast.cpu.avg_pool`)."""
+    if _cpu_form(x):
+        return cpu.avg_pool(x, k)
+    return reference.avg_pool(x, k)
+
+
+def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``GroupNorm(C, C)`` of ``x`` (N, C, H, W) (:func:`udd_fast.reference.instance_norm`); on CPU wholly in
+    ``x``'s dtype, bf16 under autocast (:func:`udd_fast.cpu.instance_norm`)."""
+    if _cpu_form(x):
+        return cpu.instance_norm(x, weight, bias, eps)
+    return reference.instance_norm(x, weight, bias, eps)

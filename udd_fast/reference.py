@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 JITTER_KINDS = ("gaussian", "uniform", "salt_pepper")
@@ -161,3 +162,16 @@ def crop_resize(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor
     rois = torch.stack([batch, boxes_yx[:, 1], boxes_yx[:, 0], boxes_yx[:, 3], boxes_yx[:, 2]], dim=1)
     crops = roi_align(work, rois, (h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True).to(images.dtype)
     return torch.cat([images, crops]) if with_source else crops
+
+
+def avg_pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of each k x k block of ``x`` (..., C, H, W), stride k, no padding: (..., C, H // k, W // k) (the
+    last ``H % k`` rows and ``W % k`` columns are dropped)."""
+    return F.avg_pool2d(x, k)
+
+
+def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per image and channel, ``(x - mean) / sqrt(var + eps) * weight + bias`` over (H, W), biased variance:
+    ``GroupNorm(C, C)``, as autocast runs it: in float32 on CUDA, on CPU on the bf16 map with float32 weight,
+    bias and statistics."""
+    return F.group_norm(x, x.shape[1], weight, bias, eps)

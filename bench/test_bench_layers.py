@@ -1,0 +1,53 @@
+"""The two network layers with a CPU form (``udd_fast.cpu``) against torch's own (``udd_fast.reference``), in ms
+per image, at the first block of the ConvNet-3 of Fashion-MNIST (64 maps of 32 x 32), batch 64.
+
+    pytest bench/test_bench_layers.py --benchmark-only
+
+- ``avg_pool``: forward + backward, fp32 and bf16 (``avg_pool2d`` against one GEMM);
+- ``instance_norm``: what gradient matching asks of it under bf16 autocast: forward, backward with a graph,
+  and the backward of that (the reference runs in fp32 there, the CPU form in bf16).
+
+CPU only: on CUDA both layers keep torch's kernels. Freed memory is kept (``udd_fast.cpu.keep_freed_memory``),
+as in a distillation or evaluation process, so that page faults do not blur the rows.
+"""
+import pytest
+import torch
+
+from timing import DEVICE, timed
+from udd_fast import cpu, reference
+
+SHAPE = (64, 64, 32, 32)
+cpu.keep_freed_memory()
+
+
+def pool_call(fn, dtype):
+    x = torch.randn(SHAPE, dtype=dtype, requires_grad=True)
+    g = torch.randn(SHAPE[0], SHAPE[1], SHAPE[2] // 2, SHAPE[3] // 2, dtype=dtype)
+    return lambda: torch.autograd.grad(fn(x, 2), x, g)
+
+
+def norm_call(fn):
+    x = torch.randn(SHAPE, requires_grad=True)
+    w, b = torch.rand(SHAPE[1]) + 0.5, torch.randn(SHAPE[1])
+
+    def call():
+        with torch.autocast("cpu", torch.bfloat16):
+            h = x.bfloat16() * 1  # a bf16 map, as a conv under autocast returns
+            y = fn(h, w, b)
+        gx, = torch.autograd.grad(y.float().square().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), x)
+
+    return call
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the CPU forms; on CUDA the layers keep torch's kernels")
+@pytest.mark.parametrize("form", ["reference", "cpu"])
+@pytest.mark.parametrize("case", ["avg_pool-fp32", "avg_pool-bf16", "instance_norm-bf16-double-backward"])
+def test_layer(benchmark, case, form):
+    impl = {"reference": reference, "cpu": cpu}[form]
+    benchmark.group = f"layer {case}, {SHAPE[0]} x {SHAPE[1]} x {SHAPE[2]} x {SHAPE[3]}, cpu"
+    if case.startswith("avg_pool"):
+        call = pool_call(impl.avg_pool, torch.bfloat16 if "bf16" in case else torch.float32)
+    else:
+        call = norm_call(impl.instance_norm)
+    timed(benchmark, call, SHAPE[0], rounds=5)
