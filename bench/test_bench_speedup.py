@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,18 +31,16 @@ from timing import DEVICE
 
 PATHS = ("old", "new-fp32", "new-bf16")
 TARGETS = {"cpu-quick-step": 10, "eval-batch": 256}  # target -> images per call (synthetic; training)
+FMNIST_SHAPE = SimpleNamespace(channels=1, size=28, num_classes=10)  # what training_batch reads of a dataset
 ROUNDS, CALLS = 2, 3  # processes per path; timed calls per process, after one untimed
 
 
 def measure(target: str, path: str) -> dict:
     """Run in a fresh process: the best of CALLS timed calls of ``target`` on ``path``, and the page faults
     of the fastest."""
-    import torch.nn.functional as F
-
     from udd_fast import Distiller, distiller, ops, preset
     from udd_fast.cpu import keep_freed_memory
-    from udd_fast.losses import autocast
-    from udd_fast.models import build_model, network_optimizer
+    from udd_fast.evaluate import protocol, training_batch
 
     precision = "bf16" if path == "new-bf16" else "fp32"
     if path == "old":
@@ -56,16 +55,10 @@ def measure(target: str, path: str) -> dict:
     else:
         if path != "old":
             keep_freed_memory()  # as the evaluation's training does
-        net = build_model("convnet", 1, 10, 28, 128)
-        opt = network_optimizer(net, 0.01)
-        x, y = torch.rand(TARGETS[target], 1, 28, 28), torch.randint(10, (TARGETS[target],))
+        batch = training_batch(protocol("dsa"), FMNIST_SHAPE, torch.device("cpu"))
 
         def call():
-            with autocast("cpu", precision):
-                loss = F.cross_entropy(net(x).float(), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            batch(precision)
     call()
     best = (float("inf"), 0)
     for _ in range(CALLS):

@@ -8,8 +8,9 @@
   pass on CPU allocates and frees activation buffers of megabytes many times a second; glibc serves large
   blocks with ``mmap`` and returns them on ``free``, so every new buffer is zero-filled again, one page fault
   per 4 KiB page: over 100,000 faults per ``cpu-quick`` step, and nearly half of an evaluation batch's time
-  under bf16 (0.35 s, 0.19 s with the setting; ``bench/test_bench_speedup.py`` shows the paths). What PyTorch's CPU tuning guide gets from jemalloc or
-  tcmalloc, without a dependency. ``UDD_FAST_KEEP_FREED_MEMORY=0`` leaves malloc as it is.
+  under bf16 (0.35 s, 0.19 s with the setting; ``bench/test_bench_speedup.py`` shows the paths). What
+  PyTorch's CPU tuning guide gets from jemalloc or tcmalloc, without a dependency.
+  ``UDD_FAST_KEEP_FREED_MEMORY=0`` leaves malloc as it is.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def avg_pool(x: torch.Tensor, k: int) -> torch.Tensor:
 
     Each group of k rows is contiguous, so a free reshape lays it out as one row of k * W, and a constant
     (k W, W / k) matrix averages its blocks: a single GEMM on the CPU's vector and AMX units, forward +
-    backward 2x (fp32) and 7x (bf16) faster than the NCHW ``avg_pool2d`` kernels at a ConvNet's first block
+    backward 2-3x (fp32) and 7-8x (bf16) faster than the NCHW ``avg_pool2d`` kernels at a ConvNet's first block
     (``bench/test_bench_layers.py``). Its gradient is a product with the same matrix, so the double backward
     of gradient matching stays on GEMMs too. 1/4 and 1/16 are exact in bf16, so the result is rounded once,
     as ``avg_pool2d``'s is."""

@@ -116,25 +116,36 @@ def eval_precision(proto: EvalProtocol, test: RealData, device="cpu") -> str:
     return _CHOSEN[key]
 
 
-def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device, rounds: int = 3) -> dict[str, float]:
-    """Seconds of one training batch of ``proto``'s network in each precision (:func:`best_seconds`)."""
+def training_batch(proto: EvalProtocol, test: RealData, dev: torch.device):
+    """One training batch of ``proto``'s network (forward, backward, SGD step) on random images of ``test``'s
+    shape, as a call taking the precision: what :func:`batch_seconds` times."""
     net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(dev)
     opt = network_optimizer(net, proto.lr, proto.momentum, proto.weight_decay)
     x = torch.rand(proto.batch, test.channels, test.size, test.size, device=dev)
     y = torch.randint(test.num_classes, (proto.batch,), device=dev)
 
-    def batch(precision: str) -> float:
-        start = time.perf_counter()
+    def batch(precision: str) -> None:
         with autocast(dev.type, precision):
             loss = F.cross_entropy(net(x).float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    return batch
+
+
+def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device, rounds: int = 3) -> dict[str, float]:
+    """Seconds of one training batch of ``proto``'s network in each precision (:func:`best_seconds`)."""
+    batch = training_batch(proto, test, dev)
+
+    def seconds(precision: str) -> float:
+        start = time.perf_counter()
+        batch(precision)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return time.perf_counter() - start
 
-    return best_seconds(batch, rounds)
+    return best_seconds(seconds, rounds)
 
 
 def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: EvalProtocol, seed: int = 0,
