@@ -120,7 +120,7 @@ def test_cli_prepare_then_distill_from_the_cache(folder, tmp_path, capsys):
     assert main(["prepare", "--data-root", str(folder), "--cache", str(cache), "--size", str(SIZE), "--quiet"]) == 0
     assert "27 images of 3 classes at 16 px" in capsys.readouterr().out
     run = ["distill", "--dataset", "imagefolder", "--ipc", "1", "--outer", "1", "--inner", "1", "--width", "8",
-           "--quiet", "--policy", "none", "--no-cfc"]
+           "--quiet", "--policy", "none", "--no-cfc", "--precision", "fp32"]  # not auto: timed, it may differ
     # size from the cache, for the training images and for the test split of the evaluation
     assert main(run + ["--cache", str(cache), "--test-root", str(folder), "--evaluate", "--epochs", "1", "--repeats",
                        "1", "--protocols", "plain", "--out", str(tmp_path / "cached")]) == 0

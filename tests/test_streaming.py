@@ -151,6 +151,7 @@ def test_cli_imagefolder_resnetap_torchrun_equals_one_process(folder, tmp_path):
                             "distill", "--dataset", "imagefolder", "--data-root", str(folder), "--size", str(SIZE),
                             "--classes", str(classes), "--workers", "2", "--model", "resnetap10", "--width", "8",
                             "--ipc", "1", "--outer", "1", "--inner", "2", "--policy", "gradient", "--lowest-p", "4",
+                            "--precision", "fp32",  # not auto: timed, it may differ between the runs compared
                             "--quiet", "--out", str(tmp_path / out), *extra], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr[-3000:]

@@ -259,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
                         "default) or all of it (repeat: the set is then bit-identical to one process's)")
     d.add_argument("--precision", choices=["fp32", "bf16", "auto"],
                    help="bf16: network passes under bfloat16 autocast; auto: the faster of fp32 and bf16, timed on "
-                        "the first steps (fp32 without a bf16 hardware path); default: the preset's")
+                        "the first steps (fp32 without a bf16 hardware path; being timed, it can differ between runs: "
+                        "metrics.json records it); default: the preset's")
     d.add_argument("--evaluate", action="store_true", help="evaluate the result when done")
     d.add_argument("--baseline", action="store_true", help="with --evaluate, also score random real images")
     protocol(d)
