@@ -60,13 +60,16 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
         return F.group_norm(x, x.shape[1], weight.to(x.dtype), bias.to(x.dtype), eps)
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc serve every allocation from its heap (no ``mmap``) and keep freed memory there
-    (trim only past 2 GiB free at the top), for the rest of the process: the process then holds the peak of
-    its heap until it exits. Once per process; returns whether it is in effect (False off glibc, e.g. on macOS
-    or musl, or under ``UDD_FAST_KEEP_FREED_MEMORY=0``, where nothing changes). The distiller and the
-    evaluation call it when they run on CPU."""
+def keep_freed_memory(device: torch.device | str = "cpu") -> bool:
+    """For work on ``device``: when it is the CPU, make glibc's malloc serve every allocation from its heap (no
+    ``mmap``) and keep freed memory there (trim only past 2 GiB free at the top), for the rest of the process:
+    the process then holds the peak of its heap until it exits. Once per process; returns whether it is in
+    effect (False off glibc, e.g. on macOS or musl, or under ``UDD_FAST_KEEP_FREED_MEMORY=0``, where nothing
+    changes). The distiller and the evaluation call it with their device; other devices leave malloc as it is
+    (their tensors do not come from it)."""
     global _applied
+    if torch.device(device).type != "cpu":
+        return bool(_applied)
     if _applied is None:
         _applied = False
         wanted = os.environ.get("UDD_FAST_KEEP_FREED_MEMORY", "1") != "0"

@@ -90,8 +90,7 @@ class Distiller:
         if config.regions.policy is not None:
             check_image_size(data.size, config.regions.groups)
         self.data, self.cfg, self.device = data.to(device), config, torch.device(device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
+        keep_freed_memory(self.device)
         self.out_dir = Path(out_dir) if out_dir else None
         self.num_classes = data.num_classes
         self.windows = candidate_windows(config.regions.groups).to(self.device)

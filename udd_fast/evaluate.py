@@ -151,8 +151,7 @@ def batch_seconds(proto: EvalProtocol, test: RealData, dev: torch.device, rounds
 def train_and_test(x: torch.Tensor, y: torch.Tensor, test: RealData, proto: EvalProtocol, seed: int = 0,
                    device="cpu", progress: bool = False):
     """Train one fresh network on (x, y) (pixel space); return its test accuracy in percent and the network."""
-    if torch.device(device).type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     proto = replace(proto, precision=eval_precision(proto, test, device))
     torch.manual_seed(seed)
     net = build_model(proto.model, test.channels, test.num_classes, test.size, proto.width).to(device)
