@@ -10,18 +10,19 @@
 # not under CUDA_HOME (exit 3), or when the build fails or registers no CUDA kernel for crop_resize (exit 4).
 # Otherwise every step runs under its own time limit, and the exit status says whether all of them passed.
 #
-# Time limits on the GPU, seconds (each also cut to what is left of BUDGET=240, so the script ends within
-# 4 minutes; with the machine's start and the transfers, about 5.75 minutes of device time at worst):
+# Time limits on the GPU, seconds (each also cut to what is left of BUDGET=260, so the script ends within
+# 4.3 minutes; with the machine's start and the transfers, about 6 minutes of device time at worst):
 #   preflight 15 | build 65 (the machine's arch only) | tests 40 (the five files at once, each its own pytest)
 #   | bench 95 (one file at a time: crop_resize 15, kernels 20, policies 20, step 20, real-batch supply 20)
-#   | distill 25
+#   | distill 25 | estimate 20 (the paper's CIFAR-10 run at IPC=1 and 10: a few timed steps each, on random
+#   images of CIFAR-10's shape, projected to 2,000 x 100 steps: estimate.json)
 # The dry run has longer limits: a 2-core machine builds and interprets Triton far slower.
 #
 # Fashion-MNIST must travel with the working tree: `make carry-data` copies its IDX files into
 # .carry/fashion-mnist (30 MB, git-ignored); carry `.carry` along. DATA=DIR points elsewhere.
 # Files written to $OUT (at most 8 come back from a lent machine): summary.md; bench.json (every GPU row, as
-# bench/results/<device>.json holds them); metrics.json and grid.png of the distillation; logs.tar.gz (each
-# step's log and each bench file's own JSON). They are rewritten as the run goes: a run stopped early keeps
+# bench/results/<device>.json holds them); metrics.json and grid.png of the distillation; estimate.json;
+# logs.tar.gz (each step's log and each bench file's own JSON). They are rewritten as the run goes: a run stopped early keeps
 # what it finished.
 set -u
 cd "$(dirname "$0")/.."
@@ -43,22 +44,24 @@ if [ $DRY = 1 ]; then
     export UDD_FAST_CPU_ONLY=1
     NEED=cpu
     BUDGET=${BUDGET:-1200}
-    L_PRE=30 L_BUILD=400 L_TESTS=240 L_DISTILL=240
+    L_PRE=30 L_BUILD=400 L_TESTS=240 L_DISTILL=240 L_ESTIMATE=240
     BENCH=("bench/test_bench_crop_resize.py|60|fmnist28-B10-extension"
            "bench/test_bench_kernels.py|60|cifar-convnet3-4x4 and reference"
            "bench/test_bench_policies.py|60|cifar-convnet3 and activation and reference"
            "bench/test_bench_step.py|120|fmnist-ipc1-w32 and loop and fp32"
            "bench/test_bench_supply.py|120|cache-mmap")
     DISTILL="--outer 1 --inner 2 --width 16 --epochs 2 --repeats 1 --protocols plain"
+    ESTIMATE="--steps 1 --width 8"
 else
     PY=${PY:-python3}
     NEED=cuda
-    BUDGET=${BUDGET:-240}
-    L_PRE=15 L_BUILD=65 L_TESTS=40 L_DISTILL=25
+    BUDGET=${BUDGET:-260}
+    L_PRE=15 L_BUILD=65 L_TESTS=40 L_DISTILL=25 L_ESTIMATE=20
     BENCH=("bench/test_bench_crop_resize.py|15|cuda" "bench/test_bench_kernels.py|20|"
            "bench/test_bench_policies.py|20|" "bench/test_bench_step.py|20|not torchrun"
            "bench/test_bench_supply.py|20|cache or resident or demand")
     DISTILL="--outer 1 --inner 20 --epochs 50 --repeats 1 --protocols paper"
+    ESTIMATE="--steps 3"
 fi
 deadline=$((SECONDS + BUDGET))
 status=0
@@ -94,6 +97,13 @@ for group, rows in json.load(open(sys.argv[1]))["groups"].items():
                         if k in r)
         print(f"    {name:55s} {r['ms_per_image']:10.4f} ms  x{r['speedup_vs_slowest']:.2f}{extra}")
 EOF
+            echo '```'
+        fi
+        if [ -f "$WORK/logs/estimate.log" ]; then
+            echo
+            echo "The paper's CIFAR-10 run here (distillation only):"
+            echo '```'
+            grep "h of distillation" "$WORK/logs/estimate.log" || tail -3 "$WORK/logs/estimate.log"
             echo '```'
         fi
         if [ -f "$WORK/logs/distill.log" ]; then
@@ -266,4 +276,8 @@ else
         >>"$WORK/steps.md"
     status=1
 fi
+
+# --- how long the paper's CIFAR-10 protocol takes on this machine -------------------------------------------
+step estimate $L_ESTIMATE "$PY" -m udd_fast estimate --dataset cifar10 --preset paper --ipc 1 10 $ESTIMATE \
+    --json "$OUT/estimate.json"
 finish $status

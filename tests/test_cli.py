@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from udd_fast.cli import main
+from udd_fast.synset import SyntheticSet
 
 
 def run_cli(*args):
@@ -78,8 +79,43 @@ def test_distill_evaluate_show_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     assert "herding, ipc 2" in out and "plain" in out and "dsa" in out
 
 
-@pytest.mark.parametrize("command", ["distill", "evaluate", "baseline", "show", "reproduce"])
+@pytest.mark.parametrize("command", ["distill", "evaluate", "baseline", "show", "reproduce", "estimate", "prepare"])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", ["folders", "batches"])
+def test_distill_cifar10_from_either_layout_on_disk(tmp_path, layout, capsys):
+    """`distill --dataset cifar10 --data-root DIR` on the JPEG class-folder layout and on torchvision's python
+    batches, with CIFAR-10's defaults: mse matching, IDC's CIFAR image lr, flips, its published statistics."""
+    from test_data import write_cifar_batches, write_folder
+
+    from udd_fast.data import DATASETS
+
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    if layout == "folders":
+        write_folder(tmp_path / "train", names, per_class=4, ext="jpg")
+        write_folder(tmp_path / "test", names, per_class=1, ext="jpg")
+    else:
+        write_cifar_batches(tmp_path, per_class=1)
+    out = tmp_path / "run"
+    assert main(["distill", "--dataset", "cifar10", "--data-root", str(tmp_path), "--ipc", "1", "--out", str(out),
+                 "--outer", "1", "--inner", "1", "--width", "8", "--precision", "fp32", "--evaluate", "--baseline",
+                 "--epochs", "1", "--repeats", "1", "--protocols", "plain", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["config"]["metric"], metrics["config"]["lr_img"]) == ("mse", pytest.approx(3 * 5e-3 / 10))
+    assert metrics["evaluation"]["plain"]["set"]["train_images"] == 40
+    syn = SyntheticSet.load(out / "synset.safetensors")
+    assert syn.dataset == "cifar10" and syn.mean == DATASETS["cifar10"][4] and syn.images.shape == (10, 3, 32, 32)
+
+
+def test_estimate_projects_the_whole_run(tmp_path, capsys):
+    out = tmp_path / "estimate.json"
+    assert main(["estimate", "--dataset", "cifar10", "--preset", "idc", "--ipc", "1", "--steps", "2", "--width", "8",
+                 "--json", str(out), "--quiet", "--device", "cpu"]) == 0
+    r, = json.loads(out.read_text())
+    assert len(r["steps_timed"]) == 2 and r["step_s"] > 0 and (r["outer"], r["inner"]) == (2000, 100)
+    assert r["distill_hours"] == pytest.approx(r["step_s"] * 200_000 / 3600)
+    assert "h of distillation" in capsys.readouterr().out

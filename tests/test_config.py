@@ -15,6 +15,12 @@ def test_presets_follow_idc_code_and_the_paper():
     cifar = preset("idc", "cifar10", 50)
     assert (cifar.metric, cifar.lr_img, cifar.net_batches) == ("mse", pytest.approx(5e-3 * 5), 32)
     assert preset("idc", "imagefolder", 10, size=224, num_classes=100).lr_img == pytest.approx(1e-3)
+    # a folder of small natural images takes IDC's CIFAR rule, not the 224 px ImageNet rule scaled down
+    small = preset("idc", "imagefolder", 1, size=32, num_classes=10)
+    assert (small.metric, small.lr_img, small.net_batches) == ("mse", pytest.approx(5e-4), 32)
+    assert (small.metric, small.lr_img) == (cifar.metric, preset("idc", "cifar10", 1).lr_img)
+    large = preset("idc", "imagefolder", 10, size=128, num_classes=10)
+    assert (large.metric, large.lr_img, large.net_batches) == ("l1", pytest.approx(3e-3 * (128 / 224) ** 2), 8)
     paper = preset("paper", "cifar10", 10)
     assert (paper.regions.policy, paper.regions.p, paper.regions.m, paper.lam, paper.lr_decay) == (
         "jitter", 8, 2, 1.0, (0.6, 0.8, 0.9))
@@ -48,6 +54,8 @@ def test_bad_region_settings_and_presets_give_one_line_errors():
         RegionConfig(policy="saliency")
     with pytest.raises(UDDError, match="M >= 1"):
         RegionConfig(m=0)
+    with pytest.raises(UDDError, match="set crop_share"):
+        RegionConfig(crops_on_top=True)
 
 
 def test_settings_survive_json():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from udd_fast.data import RealData, load_dataset
+from udd_fast.data import CIFAR_FILES, DATASETS, RealData, common_size, load_dataset
 from udd_fast.errors import UDDError
 
 
@@ -112,3 +112,67 @@ def test_svhn_loader_from_its_mat_file(tmp_path, skip_checksums):
                                            "y": np.array([[10], [1], [2], [3], [4], [5], [6], [7], [8], [9]])})
     d = load_dataset("svhn", True, tmp_path, download=False)
     assert d.images.shape == (10, 3, 32, 32) and d.labels.tolist() == list(range(10)) and not d.flip
+
+
+def write_cifar_batches(root, name="cifar10", per_class=5, seed=1):
+    """CIFAR's python batches as torchvision downloads them (uint8 rows of 3 x 32 x 32, channel-major)."""
+    folder, train_files, test_files, key = CIFAR_FILES[name]
+    base = root / folder
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    classes = 10 if name == "cifar10" else 100
+    for f in train_files + test_files:
+        labels = [c for c in range(classes) for _ in range(per_class)]
+        with open(base / f, "wb") as fh:
+            pickle.dump({"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8), key: labels}, fh)
+    return base
+
+
+@pytest.mark.parametrize("name,files", [("cifar10", 5), ("cifar100", 1)])
+def test_cifar_batches_are_read_without_a_network_or_checksums(tmp_path, name, files):
+    base = write_cifar_batches(tmp_path / name, name)
+    train, test = load_dataset(name, True, tmp_path, download=False), load_dataset(name, False, tmp_path, download=False)
+    classes = 10 if name == "cifar10" else 100
+    assert train.images.shape == (files * 5 * classes, 3, 32, 32) and test.images.shape == (5 * classes, 3, 32, 32)
+    assert train.num_classes == classes and train.flip and train.mean == DATASETS[name][4]
+    with open(base / CIFAR_FILES[name][2][0], "rb") as fh:
+        raw = pickle.load(fh)["data"][7].reshape(3, 32, 32)
+    torch.testing.assert_close(test.images[7], torch.from_numpy(raw).float() / 255, rtol=0, atol=0)
+
+
+def write_folder(root, classes, per_class=3, size=32, seed=0, ext="png"):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i:04d}.{ext}")
+
+
+def test_cifar10_class_folders(tmp_path):
+    """The JPEG class-folder layout of CIFAR-10 (train/<class>, test/<class>): classes in sorted order, which is
+    CIFAR-10's label order; pixels as decoded, not resized."""
+    from PIL import Image
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    write_folder(tmp_path / "train", names[::-1], per_class=2)
+    write_folder(tmp_path / "test", names, per_class=1, seed=1)
+    train, test = load_dataset("cifar10", True, tmp_path), load_dataset("cifar10", False, tmp_path)
+    assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (10, 3, 32, 32)
+    assert train.labels.tolist() == [c for c in range(10) for _ in range(2)] and train.flip
+    raw = np.asarray(Image.open(tmp_path / "test" / "cat" / "0000.png")).transpose(2, 0, 1)
+    torch.testing.assert_close(test.images[3], torch.from_numpy(raw.copy()).float() / 255, rtol=0, atol=0)
+    # a folder that is not CIFAR-10's (3 classes) is not taken for it: torchvision's route is tried and fails
+    write_folder(tmp_path / "other" / "train", ["a", "b", "c"])
+    with pytest.raises(UDDError, match="cannot load CIFAR10"):
+        load_dataset("cifar10", True, tmp_path / "other", download=False)
+
+
+def test_an_image_folder_takes_its_images_own_size(tmp_path):
+    write_folder(tmp_path / "same", ["a", "b"], size=24)
+    assert common_size(tmp_path / "same") == 24
+    assert load_dataset("imagefolder", root=tmp_path / "same", stream=False).size == 24
+    assert load_dataset("imagefolder", root=tmp_path / "same", size=16, stream=False).size == 16
+    write_folder(tmp_path / "mixed", ["a"], size=24)
+    write_folder(tmp_path / "mixed", ["b"], size=40)
+    assert common_size(tmp_path / "mixed") is None
+    assert load_dataset("imagefolder", root=tmp_path / "mixed").size == 224

@@ -54,6 +54,9 @@ def test_batch_weights():
     torch.testing.assert_close(batch_weights(2, 3, None), torch.full((8,), 1 / 8))
     torch.testing.assert_close(batch_weights(2, 3, 0.5), torch.tensor([0.25, 0.25] + [0.5 / 6] * 6))
     torch.testing.assert_close(batch_weights(4, 0, 0.5), torch.full((4,), 0.25))
+    # on top: each image keeps its weight without regions (1/2), its crops add 0.5 of it
+    torch.testing.assert_close(batch_weights(2, 3, 0.5, on_top=True), torch.tensor([0.5, 0.5] + [0.5 / 6] * 6))
+    torch.testing.assert_close(batch_weights(2, 3, 0.5, on_top=True)[:2], batch_weights(2, 0, 0.5))
 
 
 def test_cfc_loss_by_hand():

@@ -47,7 +47,7 @@ def test_policy_picks_planted_constant_corner(policy):
     assert idx.tolist() == [[0], [0], [0]]  # window 0 is the top-left third
 
 
-@pytest.mark.parametrize("policy", ["gradient", "jitter", "vote"])
+@pytest.mark.parametrize("policy", ["gradient", "jitter", "vote", "random"])
 def test_policies_do_not_depend_on_the_batch(policy):
     # An image's windows depend on the image and (seed, its global index), not on the other images of its
     # batch: classes split over processes select what one process would.
@@ -61,6 +61,18 @@ def test_policies_do_not_depend_on_the_batch(policy):
         return select_windows(args[0], x[lo:hi], y[lo:hi], *args[1:], seed=jitter_seed(4, 9), first_image=lo)
 
     assert torch.equal(pick(0, 5), torch.cat([pick(0, 2), pick(2, 5)]))
+
+
+def test_random_policy_is_a_fresh_uniform_draw_every_step():
+    """The control ranks nothing: every window is picked about equally often, and the draw changes with the
+    step (seed) but not between two calls with the same one."""
+    x, y = planted_images(b=50), torch.zeros(50, dtype=torch.long)
+    cfg = RegionConfig(policy="random", p=1)
+    args = (ThresholdNet(), x, y, candidate_windows(), lambda t: t, cfg)
+    picks = torch.cat([select_windows(*args, seed=jitter_seed(0, step)) for step in range(24)]).flatten()
+    assert picks.bincount(minlength=12).min() >= 50 and picks.bincount(minlength=12).max() <= 150
+    assert torch.equal(select_windows(*args, seed=7), select_windows(*args, seed=7))
+    assert not torch.equal(select_windows(*args, seed=7), select_windows(*args, seed=8))
 
 
 def test_jitter_seed_keys_every_seed_and_step_apart():

@@ -128,3 +128,60 @@ def test_render_marks_a_loss_to_the_ablation():
     assert "UDD does not beat the IDC-style ablation under `plain` at this budget: -1.00 points" in md
     assert 'From IPC=10 on, every protocol changes: `{"epochs": 100}`' in md
     assert "`plain`: convnet (width 128), 300 epochs" in md and "random shifts of up to 4 px" in md
+
+
+def test_budget_rows_give_the_gap_against_steps(tmp_path):
+    def row(key, steps, plain, dsa):
+        scores = {"plain": {"mean": plain, "std": 0.5}, "dsa": {"mean": dsa, "std": 0.4}}
+        return {"ipc": 1, "label": key, "train_images": 40, "eval": scores, "init": scores, "mue": 0.9,
+                "gain": {"plain": 0, "dsa": 0}, "moved_px": 0.01, "eval_wall_s": 1.0, "distill_wall_s": 2.0,
+                "source": key, "config": {"outer": steps // 100, "inner": 100}}
+
+    rows = {"ipc1/udd": row("udd", 300, 30.0, 33.0), "ipc1/idc-style": row("idc-style", 300, 31.0, 32.5),
+            "ipc1/udd-s1000": row("udd-s1000", 1000, 35.0, 36.0),
+            "ipc1/idc-style-s1000": row("idc-style-s1000", 1000, 34.5, 36.5), "ipc1/random": row("random", 0, 15, 15)}
+    points = reproduce.budget_points(rows, 1, ["plain", "dsa"])
+    assert sorted((p["group"], p["steps"], p["mean"]) for p in points if p["group"].endswith("(plain)")) == [
+        ("idc-style (plain)", 300, 31.0), ("idc-style (plain)", 1000, 34.5), ("udd (plain)", 300, 30.0),
+        ("udd (plain)", 1000, 35.0)]
+    protocols = {n: reproduce.asdict(reproduce.protocol(n)) for n in ("plain", "dsa")}
+    md = render({"dataset": "cifar10", "budget": "cpu-quick", "commands": [], "figures": [], "rows": rows,
+                 "settings": {"overrides": {}, "protocols": protocols, "larger": None}})
+    assert "### Budget, IPC=1: UDD against the IDC-style ablation at equal steps" in md
+    assert "| 300 | -1.00 | +0.50 |" in md and "| 1000 | +0.50 | -0.50 |" in md
+    reproduce.figures.accuracy_vs_steps(points, tmp_path / "b.png", title="t")
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paper_budget_on_cifar10_at_both_ipcs(tmp_path):
+    """The paper's CIFAR-10 protocol (mse, IDC's CIFAR image lr, 2,000 real images per network update, jitter,
+    CFC) end to end at toy size, from CIFAR-10's python batches on disk, at IPC=1 and IPC=10."""
+    from test_data import write_cifar_batches
+
+    write_cifar_batches(tmp_path / "data", per_class=8)
+    h = Harness("cifar10", "paper", tmp_path / "work", tmp_path / "results" / "c10", "cpu", {**TINY, "inner": 1},
+                {**TINY_EVAL, "repeats": 1}, data_root=tmp_path / "data", progress=False, protocols=["plain"])
+    table = h.run([1, 10], ["udd", "idc-style"])
+    rows = table.data["rows"]
+    assert list(rows) == ["ipc1/udd", "ipc1/idc-style", "ipc10/udd", "ipc10/idc-style"]
+    cfg = rows["ipc10/udd"]["config"]
+    assert (cfg["metric"], cfg["net_batches"], cfg["lr_img"]) == ("mse", 32, pytest.approx(5e-3))
+    assert rows["ipc10/udd"]["train_images"] == 400 and rows["ipc1/udd"]["paper"] == 54.6
+    assert rows["ipc10/idc-style"]["paper"] == 67.5 and "88.1" in table.md.read_text()
+
+
+def test_hypothesis_and_budget_rows_change_what_they_say():
+    from types import SimpleNamespace
+
+    h = SimpleNamespace(budget=reproduce.BUDGETS["cpu-quick"], dataset="cifar10", overrides={})
+    base, lr = Harness.config(h, 1, ROW["idc-style"]), Harness.config(h, 1, ROW["idc-style-lr1.2"])
+    assert lr.lr_img == pytest.approx(1.2 * base.lr_img) and lr.replace(lr_img=base.lr_img) == base
+    assert (base.outer * base.inner, base.regions.policy, base.cfc) == (300, None, False)
+    on_top = Harness.config(h, 1, ROW["udd-on-top"])
+    assert on_top.regions.crops_on_top and on_top.regions.crop_share == 0.2
+    assert Harness.config(h, 1, ROW["udd-random"]).regions.policy == "random"
+    assert ROW["idc-style-f1-expanded"].source == "idc-style-f1" and ROW["idc-style-f1-expanded"].expand
+    steps = {k: (Harness.config(h, 1, ROW[k]).outer, Harness.config(h, 1, ROW[k]).inner) for k in reproduce.BUDGET_ROWS}
+    assert steps == {"udd-s1000": (10, 100), "idc-style-s1000": (10, 100), "udd-s3000": (30, 100),
+                     "idc-style-s3000": (30, 100)}
+    assert Harness.config(h, 1, ROW["idc-style-s3000"]).replace(outer=3) == base

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from udd_fast.cache import CachedData, prepare, wait_for_cache
 from udd_fast.config import CPU_QUICK_NOTES, INITS, PRESETS, preset
 from udd_fast.coreset import herding_coreset
-from udd_fast.data import DATASETS, load_dataset
+from udd_fast.data import DATASETS, common_size, load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
 from udd_fast.evaluate import (DEFAULT_PROTOCOLS, PROTOCOLS as EVAL_PROTOCOLS, EvalProtocol, evaluate,
@@ -32,14 +32,14 @@ def _load(args, train: bool):
     or read from a decoded cache (``--cache``, built from ``--data-root`` first when one is given: by one
     process under torchrun while the others wait); its test split (``--test-root``) is decoded into memory
     once, since every evaluation epoch reads it."""
-    size = args.size or 224
     cache = getattr(args, "cache", None)
     if cache and args.dataset != "imagefolder":
         raise UDDError(f"--cache is for imagefolder datasets; {args.dataset} is held in memory already")
     if args.dataset != "imagefolder":
-        return load_dataset(args.dataset, train, args.data_root, size)
+        return load_dataset(args.dataset, train, args.data_root, num_workers=args.workers)
     if cache and train:
         if args.data_root and (not dist.is_initialized() or dist.get_rank() == 0):
+            size = args.size or common_size(args.data_root, args.classes) or 224
             prepare(args.data_root, cache, size, args.classes, args.workers, progress=not args.quiet)
         elif args.data_root:
             wait_for_cache(cache)  # on disk, not in a barrier: decoding may outlast a collective's timeout
@@ -49,8 +49,10 @@ def _load(args, train: bool):
     root = args.data_root if train else (args.test_root or args.data_root)
     if root is None and cache:
         raise UDDError("with --cache and no --data-root, pass --test-root for the evaluation's test images")
-    return load_dataset("imagefolder", train, root, size, classes=args.classes, stream=train,
+    data = load_dataset("imagefolder", train, root, args.size, classes=args.classes, stream=train,
                         num_workers=args.workers)
+    args.size = data.size  # the test split, loaded next, at the training split's size
+    return data
 
 
 def _protocols(args) -> list[EvalProtocol]:
@@ -172,7 +174,8 @@ def cmd_baseline(args) -> dict:
 
 def cmd_prepare(args) -> None:
     start = time.time()
-    cache = prepare(args.data_root, args.cache, args.size, args.classes, args.workers, progress=not args.quiet)
+    size = args.size or common_size(args.data_root, args.classes) or 224
+    cache = prepare(args.data_root, args.cache, size, args.classes, args.workers, progress=not args.quiet)
     data = CachedData(cache)
     print(f"{len(data)} images of {data.num_classes} classes at {data.size} px in {cache} ({data.nbytes / 2**30:.2f} "
           f"GiB, {time.time() - start:.0f} s)")
@@ -197,6 +200,39 @@ def cmd_reproduce(args) -> dict:
     return table.data
 
 
+def cmd_estimate(args) -> list[dict]:
+    from udd_fast.estimate import describe, estimate
+
+    overrides = {k: v for k, v in {"width": args.width}.items() if v is not None}
+    results = []
+    for ipc in args.ipc:
+        results.append(estimate(args.dataset, args.preset, ipc, args.device, args.steps, overrides,
+                                progress=not args.quiet))
+        print(describe(results[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
+
+
+def cmd_diagnose(args) -> dict:
+    from udd_fast import diagnose
+
+    train = _load(args, True)
+    result, text = {}, []
+    for ipc in args.ipc:
+        cfg = preset(args.preset, args.dataset, ipc, train.size, train.num_classes)
+        result[f"ipc{ipc}"] = diagnose.diagnose(train, cfg)
+        text.append(diagnose.render(args.dataset, cfg, result[f"ipc{ipc}"]))
+        print(text[-1], flush=True)
+    if args.out:
+        from udd_fast.reproduce import machine
+
+        head = f"# diagnose\n\n`python -m udd_fast {' '.join(sys.argv[1:])}` ({machine()})\n\n"
+        Path(args.out).with_suffix(".md").write_text(head + "\n".join(text))
+        Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m udd_fast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,7 +240,8 @@ def parser() -> argparse.ArgumentParser:
     def common(q, dataset_required=True):
         q.add_argument("--dataset", choices=DATASET_CHOICES, required=dataset_required)
         q.add_argument("--data-root", default=None, help="folder with the dataset (default: ./data or $UDD_FAST_DATA)")
-        q.add_argument("--size", type=int, help="image size for imagefolder datasets (default: 224, or the cache's)")
+        q.add_argument("--size", type=int, help="image size for imagefolder datasets (default: the cache's; else the images' own "
+                                             "size when they are square and share one; else 224)")
         q.add_argument("--test-root", help="imagefolder: the test split's folder (default: --data-root)")
         q.add_argument("--classes", help="imagefolder: a file with one class folder per line, or a shipped "
                                          "list (imagenet10, imagenet100)")
@@ -309,12 +346,33 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--repeats", type=int, help="override every evaluation protocol's number of networks")
     r.set_defaults(func=cmd_reproduce)
 
+    t = sub.add_parser("estimate", help="time a few inner steps of a preset (random images of the dataset's "
+                                        "shape) and project the whole distillation's time here")
+    t.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    t.add_argument("--preset", choices=PRESETS, default="paper")
+    t.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    t.add_argument("--steps", type=int, default=3, help="timed inner steps per IPC, after one untimed")
+    t.add_argument("--width", type=int, help="override the distillation network's width")
+    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t.add_argument("--json", help="write the estimates here")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_estimate)
+
+    g = sub.add_parser("diagnose", help="which windows each policy picks (how flat they are) and how large CFC's "
+                                        "image gradient is against matching's, on a preset's initialisation")
+    common(g)
+    g.add_argument("--ipc", type=int, nargs="+", default=[1])
+    g.add_argument("--preset", choices=PRESETS, default="cpu-quick")
+    g.add_argument("--out", help="write OUT.md and OUT.json")
+    g.set_defaults(func=cmd_diagnose)
+
     c = sub.add_parser("prepare", help="decode an image folder once into a memory-mapped cache for distill --cache")
     c.add_argument("--data-root", required=True, help="the ImageFolder: one folder of images per class")
     c.add_argument("--cache", required=True, help="the cache directory (an interrupted prepare resumes in it)")
     c.add_argument("--classes", help="a file with one class folder per line, or a shipped list (imagenet10, "
                                      "imagenet100); default: every class folder")
-    c.add_argument("--size", type=int, default=224, help="shorter side resized to this, then center-cropped")
+    c.add_argument("--size", type=int, help="shorter side resized to this, then center-cropped (default: the "
+                                            "images' own size when they are square and share one; else 224)")
     c.add_argument("--workers", type=int, help="decoding threads (default: every core)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_prepare)

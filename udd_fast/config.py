@@ -102,25 +102,45 @@ class UDDConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+#: Image folders of at most this many pixels are small natural images and take IDC's CIFAR rule (mse, base
+#: lr_img 5e-3 at 32 px, 2,000 real images per network update); larger ones are ImageNet subsets (IDC's rule for
+#: them: l1, base 3e-3 or 1e-3 at 224 px, 500 images).
+SMALL_FOLDER = 64
+
+
+def idc_rule(dataset: str, size: int | None = None) -> str:
+    """Which of IDC's per-dataset settings a dataset takes: ``"digits"`` (MNIST, Fashion-MNIST), ``"cifar"``
+    (CIFAR-10/100, SVHN, and image folders of at most :data:`SMALL_FOLDER` px) or ``"imagenet"`` (larger
+    folders)."""
+    if dataset in ("mnist", "fashion-mnist"):
+        return "digits"
+    if dataset in DATASETS:
+        return "cifar"
+    return "cifar" if (size or 224) <= SMALL_FOLDER else "imagenet"
+
+
 def idc_lr_img(dataset: str, ipc: int, size: int | None = None, num_classes: int | None = None) -> float:
     """IDC's image learning rate in pixel units (``misc/reproduce.py`` base values, ``argument.tune_lr_img``
-    scaling): base 5e-3 for the mse datasets (CIFAR, SVHN), 1e-4 for MNIST and Fashion-MNIST, 3e-3 (10 classes)
-    or 1e-3 (100) for ImageNet subsets; times ``ipc / 10`` and ``(size / base_size)**2``, where the base size is
-    224 for ImageNet, 28 for MNIST and 32 for every other set (Fashion-MNIST too: 28 px gives ``(28/32)**2``)."""
+    scaling): base 5e-3 for the mse datasets (CIFAR, SVHN, small image folders), 1e-4 for MNIST and
+    Fashion-MNIST, 3e-3 (10 classes) or 1e-3 (100) for ImageNet subsets; times ``ipc / 10`` and
+    ``(size / base_size)**2``, where the base size is 224 for ImageNet, 28 for MNIST and 32 for every other set
+    (Fashion-MNIST too: 28 px gives ``(28/32)**2``)."""
     size = size or DATASETS.get(dataset, (None, None, 224))[2]
-    if dataset in ("mnist", "fashion-mnist"):
+    rule = idc_rule(dataset, size)
+    if rule == "digits":
         base = 1e-4
-    elif dataset in DATASETS:
+    elif rule == "cifar":
         base = 5e-3
-    else:  # an ImageNet subset from an image folder
+    else:
         base = 3e-3 if (num_classes or 10) <= 10 else 1e-3
-    base_size = {"mnist": 28}.get(dataset, 32 if dataset in DATASETS else 224)
+    base_size = 28 if dataset == "mnist" else 224 if rule == "imagenet" else 32
     return base * ipc / 10 * (size / base_size) ** 2
 
 
-def idc_metric(dataset: str) -> str:
-    """IDC's matching distance: l1 for MNIST, Fashion-MNIST and ImageNet subsets, mse for CIFAR and SVHN."""
-    return "mse" if dataset in ("cifar10", "cifar100", "svhn") else "l1"
+def idc_metric(dataset: str, size: int | None = None) -> str:
+    """IDC's matching distance: mse for CIFAR, SVHN and small image folders; l1 for MNIST, Fashion-MNIST and
+    ImageNet subsets."""
+    return "mse" if idc_rule(dataset, size) == "cifar" else "l1"
 
 
 #: cpu-quick's image steps, in multiples of IDC's lr_img: at a few hundred steps instead of 200,000 a larger
@@ -146,8 +166,8 @@ def preset(name: str, dataset: str, ipc: int, size: int | None = None, num_class
         raise UDDError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     folder = dataset not in DATASETS
     idc = UDDConfig(ipc=ipc, factor=2, outer=500 if folder else 2000, inner=100,
-                    lr_img=idc_lr_img(dataset, ipc, size, num_classes), metric=idc_metric(dataset),
-                    net_batches=32 if dataset in ("cifar10", "cifar100") else 8,
+                    lr_img=idc_lr_img(dataset, ipc, size, num_classes), metric=idc_metric(dataset, size),
+                    net_batches=32 if idc_rule(dataset, size) == "cifar" and dataset != "svhn" else 8,
                     regions=RegionConfig(policy=None), cfc=False)
     if name == "idc":
         return idc

@@ -329,6 +329,29 @@ def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
+def common_size(root: str | os.PathLike, classes=None, sample: int = 512) -> int | None:
+    """The side of an ImageFolder's images when they are square and share one size (CIFAR's 32 px, a folder
+    of 64 px crops), else None. Reads the headers of up to ``sample`` files spread evenly over the listing
+    (Pillow opens a file without decoding it), so a large folder answers in well under a second."""
+    from PIL import Image
+
+    root = Path(root)
+    files = folder_listing(root, classes)[1]
+    sizes = set()
+    for i in np.linspace(0, len(files) - 1, min(sample, len(files))).round().astype(int):
+        try:
+            with Image.open(root / files[i]) as im:
+                sizes.add(im.size)
+        except OSError:  # an unreadable file says nothing about the others' size
+            continue
+        if len(sizes) > 1:
+            return None
+    if len(sizes) != 1:
+        return None
+    width, height = sizes.pop()
+    return width if width == height else None
+
+
 def read_class_list(path: str | os.PathLike) -> list[str]:
     """Class folder names from a text file: one per line, ``#`` starts a comment, blank lines skipped."""
     path = Path(path)
@@ -406,19 +429,20 @@ def _find_idx(dirs, prefix: str) -> tuple[Path, Path] | None:
     return None
 
 
-def load_dataset(name: str, train: bool = True, root: str | os.PathLike | None = None, size: int = 224,
+def load_dataset(name: str, train: bool = True, root: str | os.PathLike | None = None, size: int | None = None,
                  download: bool = True, classes=None, stream: bool | None = None,
                  num_workers: int | None = None) -> "RealData | FolderData":
     """Load a dataset by name (see :data:`DATASETS`) or ``imagefolder`` (``root`` = the class folders).
 
-    For ``imagefolder``: ``size`` is the resize/center-crop size; ``classes`` restricts and orders the classes
+    For ``imagefolder``: ``size`` is the resize/center-crop size (default: the images' own size when they are
+    square and share one, see :func:`common_size`; else 224); ``classes`` restricts and orders the classes
     (a list of folder names, a text file with one per line, or a shipped list name such as ``"imagenet10"``;
     labels become 0..K-1 in that order); ``stream`` (default ``True``) returns a :class:`FolderData` that
     decodes batches from disk with ``num_workers`` processes, ``stream=False`` an in-memory :class:`RealData`.
     (``train`` is not used for ``imagefolder``: point ``root`` at the split you want.)"""
     root = Path(root) if root is not None else default_root()
     if name == "imagefolder":
-        folder = FolderData(root, size, classes, num_workers)
+        folder = FolderData(root, size or common_size(root, classes) or 224, classes, num_workers)
         return folder if stream is None or stream else folder.materialize()
     if name not in DATASETS:
         raise UDDError(f"unknown dataset {name!r}; choose one of {', '.join([*DATASETS, 'imagefolder'])}")
@@ -427,12 +451,49 @@ def load_dataset(name: str, train: bool = True, root: str | os.PathLike | None =
     tv_name, channels, _, classes, mean, std, flip = DATASETS[name]
     found = _find_idx([root / name, root, *IDX_DIRS.get(name, [])], "train" if train else "t10k") \
         if name in IDX_DIRS else None
+    local = _read_cifar(name, root, train, num_workers) if name in CIFAR_FILES else None
     if found:
         images = torch.from_numpy(_read_idx(found[0]).copy()).unsqueeze(1)
         labels = torch.from_numpy(_read_idx(found[1]).astype(np.int64))
+    elif local is not None:
+        images, labels = local
     else:
         images, labels = _torchvision(tv_name, root, train, download)
     return RealData(images.float() / 255, labels, mean, std, name, flip, classes)
+
+
+#: CIFAR's python batches as torchvision downloads them: folder, training files, test files, label key
+CIFAR_FILES = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+               "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels")}
+
+
+def _read_cifar(name: str, root: Path, train: bool, num_workers: int | None = None):
+    """CIFAR-10/100 from disk without a network, or None when neither layout is under ``root``:
+
+    - the python batches (``cifar-10-batches-py/`` or ``cifar-100-python/``, under ``root`` or ``root/<name>``),
+      read directly, so no download and no checksum is needed;
+    - the class-folder layout (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``, as the CIFAR-10 image
+      repositories ship it), decoded once into memory. Classes are the folder names sorted, which is CIFAR's
+      own label order for both sets (airplane, automobile, ..., truck)."""
+    import pickle
+
+    folder, train_files, test_files, key = CIFAR_FILES[name]
+    classes = DATASETS[name][3]
+    for base in (root, root / name):
+        batches = base / folder
+        if all((batches / f).is_file() for f in train_files + test_files):
+            images, labels = [], []
+            for f in train_files if train else test_files:
+                with open(batches / f, "rb") as fh:
+                    entry = pickle.load(fh, encoding="latin1")
+                images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels += list(entry[key])
+            return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+        split = base / ("train" if train else "test")
+        if split.is_dir() and len([d for d in split.iterdir() if d.is_dir()]) == classes:
+            images = FolderData(split, size=32, num_workers=num_workers)
+            return images.read(list(range(len(images)))), images.labels
+    return None
 
 
 def _torchvision(tv_name: str, root: Path, train: bool, download: bool):

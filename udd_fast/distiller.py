@@ -133,7 +133,7 @@ class Distiller:
         step = first * cfg.inner
         bar = tqdm(total=cfg.outer * cfg.inner, initial=step, desc="distill", unit="step",
                    disable=not progress or self.rank > 0)
-        start = time.time()
+        start = last = time.time()
         for outer in range(first, cfg.outer):
             # Pixels are kept valid here only, as in IDC: the last outer iteration's steps stay unclamped.
             with torch.no_grad():
@@ -159,7 +159,7 @@ class Distiller:
                 if inner < cfg.inner - 1:
                     self.train_network(net, net_opt, syn)
                 step += 1
-                self.record(bar, step, outer, total)
+                last = self.record(bar, step, outer, total, last)
             if self.out_dir and cfg.checkpoint_every and (outer + 1) % cfg.checkpoint_every == 0:
                 self.save_checkpoint(syn, opt, outer + 1)
         bar.close()
@@ -329,7 +329,7 @@ class Distiller:
         s = syn.unflatten(0, (self.num_classes, cfg.ipc))[cls].flatten(0, 1)
         x_syn = decode(s, cfg.factor)
         p = 0 if index is None else cfg.regions.p
-        w_syn = batch_weights(x_syn.shape[0] // g, p, cfg.regions.crop_share).to(self.device).expand(g, -1)
+        w_syn = batch_weights(x_syn.shape[0] // g, p, cfg.regions.crop_share, cfg.regions.crops_on_top).to(self.device).expand(g, -1)
         if index is not None:
             x_syn = training_batch(x_syn, self.windows, index[cls].flatten(0, 1), g)
         x_real = torch.cat([reals[c] for c in classes])
@@ -411,12 +411,16 @@ class Distiller:
             for p in net.parameters():
                 dist.broadcast(p.data, 0)
 
-    def record(self, bar, step: int, outer: int, total: float) -> None:
-        """The progress bar and the history (mean matching term per class, peak memory) after a step."""
+    def record(self, bar, step: int, outer: int, total: float, last: float) -> float:
+        """The progress bar and the history (mean matching term per class, the step's wall seconds since
+        ``last``, peak memory) after a step; returns now. The median of the steps' seconds says what a step
+        costs even when a run was paused or shared its cores for a while."""
+        now = time.time()
         bar.update()
         bar.set_postfix(outer=outer, match=f"{total / self.num_classes:.4g}")
         self.history.append({"step": step, "outer": outer, "match": total / self.num_classes,
-                             **peak_memory(self.device)})
+                             "seconds": now - last, **peak_memory(self.device)})
+        return now
 
     def finish(self, syn: torch.Tensor, wall_time: float) -> SyntheticSet:
         """The synthetic set, saved with its initialisation and the history when there is an ``out_dir``."""

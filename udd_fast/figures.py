@@ -1,6 +1,6 @@
 """PNG figures for the reproduction tables, drawn with Pillow only (no matplotlib dependency).
 
-``accuracy_vs_mue`` is the paper's Fig. 7 scatter, ``side_by_side`` its Fig. 11 comparison of synthetic
+``accuracy_vs_mue`` is the paper's Fig. 7 scatter, ``accuracy_vs_steps`` the budget study's curves, ``side_by_side`` its Fig. 11 comparison of synthetic
 sets, and ``window_maps`` its Fig. 3: activation maps with the chosen windows. Images are in pixel
 space [0, 1]; windows are normalized ``(y0, x0, y1, x1)`` boxes, as in ``udd_fast.regions``.
 """
@@ -45,11 +45,11 @@ def _span(values: list[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _project(points: list[dict]):
+def _project(points: list[dict], x: str = "mue"):
     """Pixel centres of the points in the FIG_SIZE figure, plus the x and y data ranges of the axes."""
-    xr = _span([p["mue"] for p in points])
+    xr = _span([p[x] for p in points])
     yr = _span([p["mean"] - p["std"] for p in points] + [p["mean"] + p["std"] for p in points])
-    return [(_px(p["mue"], xr), _py(p["mean"], yr)) for p in points], xr, yr
+    return [(_px(p[x], xr), _py(p["mean"], yr)) for p in points], xr, yr
 
 
 def _px(v: float, xr) -> float:
@@ -68,15 +68,25 @@ def accuracy_vs_mue(points: list[dict], path: str | os.PathLike, title: str = ""
     Each point is ``{"label", "mue", "mean", "std"}`` plus an optional ``"group"``; groups get their own
     colour and a legend entry.
     """
+    _scatter(points, path, title, "mue", "mUE")
+
+
+def accuracy_vs_steps(points: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Save a 900x600 plot of accuracy (%) against distillation steps, ±std error bars, each group's points
+    joined in step order: ``{"label", "steps", "mean", "std", "group"}`` (a group per method and protocol)."""
+    _scatter(points, path, title, "steps", "distillation steps (inner steps in all)", join=True)
+
+
+def _scatter(points: list[dict], path, title: str, x_key: str, xlabel: str, join: bool = False) -> None:
     if not points:
-        raise UDDError("accuracy_vs_mue needs at least one point")
+        raise UDDError("a figure needs at least one point")
     for p in points:
-        for key in ("mue", "mean", "std"):
+        for key in (x_key, "mean", "std"):
             if key not in p or not math.isfinite(float(p[key])):
                 raise UDDError(f"point {p.get('label')!r} needs a finite {key!r}, got {p.get(key)!r}")
     groups = list(dict.fromkeys(p.get("group") for p in points))
     colour = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
-    coords, xr, yr = _project(points)
+    coords, xr, yr = _project(points, x_key)
     img = Image.new("RGB", FIG_SIZE, "white")
     draw, font = ImageDraw.Draw(img), _font(14)
     left, top, right, bottom = PLOT_BOX
@@ -90,6 +100,11 @@ def accuracy_vs_mue(points: list[dict], path: str | os.PathLike, title: str = ""
         draw.text((x, bottom + 8), f"{xv:.3g}", fill="black", font=font, anchor="mt")
         draw.text((left - 8, y), f"{yv:.3g}", fill="black", font=font, anchor="rm")
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=2)
+    if join:
+        for g in groups:
+            line = sorted((p[x_key], xy) for p, xy in zip(points, coords) if p.get("group") == g)
+            if len(line) > 1:
+                draw.line([xy for _, xy in line], fill=colour[g], width=2)
     for p, (x, y) in zip(points, coords):
         c = colour[p.get("group")]
         y_lo, y_hi = _py(p["mean"] - p["std"], yr), _py(p["mean"] + p["std"], yr)
@@ -101,7 +116,7 @@ def accuracy_vs_mue(points: list[dict], path: str | os.PathLike, title: str = ""
         flip = x > right - 120
         draw.text((x - 9 if flip else x + 9, y - 9), str(p["label"]), fill="black", font=font,
                   anchor="rs" if flip else "ls")
-    draw.text(((left + right) / 2, FIG_SIZE[1] - 25), "mUE", fill="black", font=font, anchor="mm")
+    draw.text(((left + right) / 2, FIG_SIZE[1] - 25), xlabel, fill="black", font=font, anchor="mm")
     # Pillow cannot draw rotated text directly: render it horizontally, rotate, paste.
     ylabel = Image.new("RGB", (160, 20), "white")
     ImageDraw.Draw(ylabel).text((80, 10), "accuracy (%)", fill="black", font=font, anchor="mm")

@@ -7,6 +7,7 @@ are cropped and upsampled into the synthetic training batch.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from udd_fast import ops
 from udd_fast.errors import UDDError
 
-POLICIES = ("activation", "gradient", "jitter", "vote")  # see POLICY_SCORES; vote sums the other three's ranks
+# see POLICY_SCORES; vote sums the three rankings' ranks; random is the control that ranks nothing
+POLICIES = ("activation", "gradient", "jitter", "vote", "random")
 
 
 def candidate_windows(groups=(1 / 3, 1 / 2, 2 / 3)) -> torch.Tensor:
@@ -41,6 +43,8 @@ class RegionConfig:
     layer: int = -1
     crop_share: float | None = None       # weight of an image's P crops in the synthetic batch's loss, together;
                                           # None: every image of the batch weighs the same (crops: P / (P + 1))
+    crops_on_top: bool = False            # True: each image keeps the weight it has without regions and its crops
+                                          # add crop_share on top (the batch then weighs 1 + crop_share)
 
     def __post_init__(self):
         n = 4 * len(self.groups)
@@ -53,6 +57,8 @@ class RegionConfig:
             raise UDDError(f"the jitter policy needs M >= 1 jittered copies, got {self.m}")
         if self.crop_share is not None and not 0 <= self.crop_share < 1:
             raise UDDError(f"crop_share must be in [0, 1), got {self.crop_share}")
+        if self.crops_on_top and self.crop_share is None:
+            raise UDDError("crops_on_top adds the crops' weight crop_share on top of each image's: set crop_share")
 
 
 def check_image_size(size: int, groups) -> None:
@@ -98,11 +104,25 @@ def jitter_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int, f
     return ops.jitter_score(fmap, jittered, windows, cfg.p)
 
 
+def random_policy(net, x, y, windows, normalize, cfg: RegionConfig, seed: int, first_image: int):
+    """Uniform random scores (B, N), redrawn every step: the control that tells whether a policy's ranking
+    matters, or only that some P windows are upsampled. Keyed like the jitter noise (``seed``, then the global
+    image index), so an image's draw does not depend on the batch it is in."""
+    # the CPU generator keeps only a seed's low 32 bits, where jitter_seed puts the run's seed and not the step
+    g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(seed.to_bytes(8, "little"), digest_size=4)
+                                                     .digest(), "little"))
+    scores = torch.rand(first_image + x.shape[0], windows.shape[0], generator=g)[first_image:]
+    return scores.to(x.device), None
+
+
 #: Each policy maps (net, images, labels, windows, normalize, cfg, seed, first_image) to scores (B, N), low where
 #: a window is underutilized, and the lowest-P indices (B, P) when it has them already (else None). An image's
 #: scores depend on the image, the network and (seed, its global index first_image + b) only, never on the
 #: rest of the batch: classes split over processes select the windows of one process.
-POLICY_SCORES = {"activation": activation_policy, "gradient": gradient_policy, "jitter": jitter_policy}
+POLICY_SCORES = {"activation": activation_policy, "gradient": gradient_policy, "jitter": jitter_policy,
+                 "random": random_policy}
+#: the policies whose ranks the vote sums (random ranks nothing)
+RANKINGS = ("activation", "gradient", "jitter")
 
 
 def ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -121,19 +141,21 @@ def select_windows(net, x: torch.Tensor, y: torch.Tensor, windows: torch.Tensor,
     of ``x[0]``."""
     args = (net, x.detach(), y, windows, normalize, cfg, seed, first_image)
     if cfg.policy == "vote":
-        score = sum(ranks(POLICY_SCORES[p](*args)[0]).float() for p in POLICY_SCORES)
+        score = sum(ranks(POLICY_SCORES[p](*args)[0]).float() for p in RANKINGS)
         return ops.lowest_p(score, cfg.p)
     score, lowest = POLICY_SCORES[cfg.policy](*args)
     return ops.lowest_p(score, cfg.p) if lowest is None else lowest
 
 
-def batch_weights(images: int, p: int, crop_share: float | None) -> torch.Tensor:
-    """Loss weights (summing to 1) of one training batch ``[images ; their P crops each]``: the crops of an
-    image share ``crop_share`` of its weight (``None``: every entry the same, a plain batch mean)."""
+def batch_weights(images: int, p: int, crop_share: float | None, on_top: bool = False) -> torch.Tensor:
+    """Loss weights of one training batch ``[images ; their P crops each]``, summing to 1: the crops of an
+    image share ``crop_share`` of its weight (``None``: every entry the same, a plain batch mean). With
+    ``on_top`` each image keeps ``1 / images``, its weight without regions, and its crops add ``crop_share``
+    of it (the weights sum to ``1 + crop_share``): the tiles' step is then IDC-style's, not diluted."""
     if p == 0 or crop_share is None:
         return torch.full((images * (1 + p),), 1 / (images * (1 + p)))
-    return torch.cat([torch.full((images,), (1 - crop_share) / images),
-                      torch.full((images * p,), crop_share / (images * p))])
+    own = 1 if on_top else 1 - crop_share
+    return torch.cat([torch.full((images,), own / images), torch.full((images * p,), crop_share / (images * p))])
 
 
 def training_batch(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor, groups: int = 1) -> torch.Tensor:

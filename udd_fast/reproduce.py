@@ -16,6 +16,11 @@ Studies (groups of rows; a row shared by two studies is run once):
 - ``forms``: what downstream networks train on (S alone, S expanded by its 12 windows, multi-formation).
 - ``windows``: paper Table 5, the candidate windows: N=4 of each size, N=8, N=12.
 - ``cross-arch``: paper Table 6, the UDD and IDC-style sets evaluated on ConvNet, ResNet18, VGG11, AlexNet.
+- ``hypotheses``: why the regions do or do not help, each row against its control: the crops' weight (added on
+  top of the tiles' IDC-style weight, against IDC-style with a step as large), the windows on the stored image
+  at factor 1 with the networks trained on what was matched (S expanded by its windows, for UDD and for
+  IDC-style alike), the policy (against P random windows), and CFC.
+- ``budget``: UDD and IDC-style at growing numbers of steps (the budget's own, then :data:`BUDGET_STEPS`).
 """
 from __future__ import annotations
 
@@ -39,13 +44,20 @@ from udd_fast.errors import UDDError
 from udd_fast.evaluate import (DEFAULT_PROTOCOLS, EvalProtocol, evaluate, evaluate_images, moved, protocol,
                                random_baseline)
 from udd_fast.formation import decode
+from udd_fast.losses import bf16_units
 from udd_fast.regions import candidate_windows, select_windows
 from udd_fast.synset import SyntheticSet
 
 # Published accuracies (%) by method and IPC: UDD paper Table 1 (DC, IDC and UDD rows as reported there).
 PAPER = {"fashion-mnist": {"Random": {1: 51.4, 10: 73.8, 50: 82.5}, "DC": {1: 70.5, 10: 82.3, 50: 83.6},
                            "IDC": {1: 81.0, 10: 86.0, 50: 86.2}, "UDD": {1: 82.3, 10: 86.6, 50: 86.8},
-                           "Full dataset": {1: 93.5, 10: 93.5, 50: 93.5}}}
+                           "Full dataset": {1: 93.5, 10: 93.5, 50: 93.5}},
+         "cifar10": {"Random": {1: 14.4, 10: 26.0, 50: 43.4}, "Herding": {1: 21.5, 10: 31.6, 50: 40.4},
+                     "IDC": {1: 50.6, 10: 67.5, 50: 74.5}, "UDD": {1: 54.6, 10: 68.9, 50: 75.4},
+                     "Full dataset": {1: 88.1, 10: 88.1, 50: 88.1}},
+         "cifar100": {"Random": {1: 4.2, 10: 14.6, 50: 30.0}, "Herding": {1: 8.4, 10: 17.3, 50: 33.7},
+                      "IDC": {10: 44.8}, "UDD": {1: 27.9, 10: 45.8, 50: 51.3},
+                      "Full dataset": {1: 56.2, 10: 56.2, 50: 56.2}}}
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class Row:
     expand: bool = False
     model: str | None = None
     paper: str | None = None              # the published method this row stands for
+    lr_scale: float = 1.0                 # lr_img times this (a control for a change that enlarges the step)
 
 
 def _windows_row(groups: tuple[float, ...], label: str) -> Row:
@@ -93,6 +106,9 @@ def _windows_row(groups: tuple[float, ...], label: str) -> Row:
     return Row(f"udd-n{4 * len(groups)}-" + "-".join(f"{g:.2f}" for g in groups), label,
                changes={"regions": {"groups": groups, "p": max(1, round(8 * len(groups) / 3))}})
 
+
+#: the budget study's longer runs (inner steps at IPC=1; the budget's own rows are its 300)
+BUDGET_STEPS = (1000, 3000)
 
 ROWS = [Row("udd", "UDD (the budget's preset: jitter policy, P=8, CFC)", paper="UDD"),
         Row("udd-uniform", "UDD, crops weighted as a plain batch (P/(P+1))", changes={"regions": {"crop_share": None}}),
@@ -102,17 +118,39 @@ ROWS = [Row("udd", "UDD (the budget's preset: jitter policy, P=8, CFC)", paper="
         Row("udd-no-cfc", "UDD without CFC", changes={"cfc": False}),
         Row("idc-style", "IDC-style ablation (no regions, no CFC)", changes={"regions": {"policy": None}, "cfc": False},
             paper="IDC"),
-        Row("herding", "Herding coreset", kind="herding"),
+        Row("herding", "Herding coreset", kind="herding", paper="Herding"),
         Row("random", "Random real images", kind="random", paper="Random"),
         Row("udd-f1", "UDD, factor 1: S alone", changes={"factor": 1}),
         Row("udd-f1-expanded", "UDD, factor 1: S expanded by its 12 windows", source="udd-f1", expand=True),
         Row("idc-style-f1", "IDC-style, factor 1", changes={"factor": 1, "regions": {"policy": None}, "cfc": False}),
+        Row("idc-style-f1-expanded", "IDC-style, factor 1: S expanded by its 12 windows", source="idc-style-f1",
+            expand=True),
+        Row("udd-f1-uniform", "UDD, factor 1, crops weighted as a plain batch: S alone",
+            changes={"factor": 1, "regions": {"crop_share": None}}),
+        Row("udd-f1-uniform-expanded", "UDD, factor 1, crops weighted as a plain batch: S expanded by its 12 windows "
+            "(the networks train on what was matched)", source="udd-f1-uniform", expand=True),
+        Row("udd-on-top", "UDD, crops added on top of the tiles' IDC-style weight",
+            changes={"regions": {"crops_on_top": True}}),
+        Row("idc-style-lr1.2", "IDC-style, lr_img x 1.2 (the step of the crops added on top)",
+            changes={"regions": {"policy": None}, "cfc": False}, lr_scale=1.2),
+        Row("udd-random", "UDD, P random windows each step (the control for the policy)",
+            changes={"regions": {"policy": "random"}}),
+        *[Row(f"{key}-s{steps}", f"{label}, {steps} steps", changes={**changes, "outer": steps // 100, "inner": 100})
+          for steps in BUDGET_STEPS for key, label, changes in (
+              ("udd", "UDD", {}), ("udd-on-top", "UDD, crops on top", {"regions": {"crops_on_top": True}}),
+              ("idc-style", "IDC-style", {"regions": {"policy": None}, "cfc": False}))],
         *[_windows_row((g,), f"UDD, N=4 windows of size {name}") for g, name in ((1 / 3, "1/3"), (1 / 2, "1/2"),
                                                                                   (2 / 3, "2/3"))],
         _windows_row((1 / 2, 2 / 3), "UDD, N=8 (sizes 1/2, 2/3)"),
         *[Row(f"{src}@{arch}", f"{src} on {arch}", source=src, model=arch)
           for src in ("udd", "idc-style") for arch in ("resnet18", "vgg11", "alexnet")]]
 ROW = {r.key: r for r in ROWS}
+BUDGET_ROWS = [r.key for r in ROWS if "-s" in r.key and r.key.rsplit("-s", 1)[1].isdigit()]
+
+
+def budget_base(key: str) -> str:
+    """The row a budget row lengthens (``udd-s3000`` -> ``udd``); other keys are their own."""
+    return key.rsplit("-s", 1)[0] if key in BUDGET_ROWS else key
 WINDOW_ROWS = [r.key for r in ROWS if r.key.startswith(("udd-n4-", "udd-n8-"))]
 STUDIES = {
     "main": ["udd", "udd-uniform", "udd-activation", "udd-gradient", "udd-vote", "udd-no-cfc", "idc-style", "herding",
@@ -120,6 +158,9 @@ STUDIES = {
     "forms": ["udd-f1", "udd-f1-expanded", "idc-style-f1", "udd", "idc-style", "random"],
     "windows": WINDOW_ROWS + ["udd"],
     "cross-arch": ["udd", "idc-style"] + [r.key for r in ROWS if "@" in r.key],
+    "hypotheses": ["udd", "idc-style", "udd-on-top", "idc-style-lr1.2", "udd-f1-uniform", "udd-f1-uniform-expanded",
+                   "idc-style-f1", "idc-style-f1-expanded", "udd-f1", "udd-f1-expanded", "udd-random", "udd-no-cfc"],
+    "budget": ["udd", "idc-style"] + [k for k in BUDGET_ROWS if budget_base(k) in ("udd", "idc-style")],
 }
 CROSS_ARCH = ("convnet", "resnet18", "vgg11", "alexnet")
 
@@ -187,7 +228,8 @@ class Harness:
 
     def config(self, ipc: int, row: Row) -> UDDConfig:
         cfg = preset(self.budget.preset, self.dataset, ipc).replace(**self.overrides)
-        return cfg.replace(**row.changes).replace(checkpoint_every=1)
+        cfg = cfg.replace(**row.changes)
+        return cfg.replace(lr_img=cfg.lr_img * row.lr_scale, checkpoint_every=1)
 
     def run(self, ipcs, keys) -> Table:
         """Every (IPC, row) not yet in the table, in order; then the figures."""
@@ -229,6 +271,13 @@ class Harness:
             add("acc-vs-mue", f"Accuracy (`{first}` protocol) against mUE of every row's training images (paper "
                 "Fig. 7).", figures.accuracy_vs_mue, points,
                 title=f"{self.dataset}, {self.table.data['budget']} budget, {first} evaluation")
+        for ipc in ipcs:
+            curves = budget_points(self.table.data["rows"], ipc, self.protocols)
+            if curves:
+                add(f"budget-ipc{ipc}", f"IPC={ipc}: accuracy against distillation steps, UDD and the IDC-style "
+                    "ablation under each protocol (mean ± std; the gap at each budget is in the table's Budget "
+                    "section).", figures.accuracy_vs_steps, curves,
+                    title=f"{self.dataset} IPC={ipc}: accuracy against steps")
         udd, idc = ROW["udd"], ROW["idc-style"]
         for ipc in ipcs:
             if self.set_path(ipc, udd).exists() and self.set_path(ipc, idc).exists():
@@ -319,7 +368,9 @@ class Harness:
         start = time.time()
         syn = distiller.run(progress=self.progress, resume=resume)
         # the initialisation (herding trains a network) is part of the cost of a row
+        seconds = sorted(h["seconds"] for h in distiller.history if "seconds" in h)
         info = {"distill_wall_s": time.time() - start, "resumed": resume, "config": json.loads(cfg.to_json()),
+                "step_s_median": seconds[len(seconds) // 2] if seconds else None,
                 "precision": distiller.precision, "precision_probe": distiller.probe, **distiller.memory}
         made.write_text(json.dumps(info))
         return syn, distiller.init_set, info
@@ -342,9 +393,35 @@ class Harness:
         return x.cpu(), maps.cpu(), windows[index].cpu(), policy.policy, [f"class {int(c)}" for c in y]
 
 
+def budget_points(rows: dict, ipc: int, protocols) -> list[dict]:
+    """Every row at ``ipc`` of a method that has budget rows, as points of accuracy against its steps, one
+    group per (method, protocol)."""
+    mine = {k.split("/", 1)[1]: r for k, r in rows.items() if r["ipc"] == ipc}
+    methods = {budget_base(k) for k in mine if k in BUDGET_ROWS}
+    return [{"label": f"{r['config']['outer'] * r['config']['inner']}", "mean": r["eval"][n]["mean"],
+             "std": r["eval"][n]["std"], "steps": r["config"]["outer"] * r["config"]["inner"],
+             "group": f"{budget_base(k)} ({n})"}
+            for k, r in mine.items() if budget_base(k) in methods and "config" in r for n in protocols if n in r["eval"]]
+
+
 def machine() -> str:
+    """The machine a figure came from: the GPU, or the CPU's model and its bf16 units (timings differ several-fold
+    between an Intel Xeon with AMX and an AMD EPYC with AVX-512 BF16 only)."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return f"{gpu or 'CPU'}; {len(os.sched_getaffinity(0))} CPU cores; torch {torch.__version__}; {platform.platform()}"
+    cpu = cpu_model()
+    units = ", ".join(bf16_units("cpu")) or "no bf16 units"
+    return (f"{gpu + '; ' if gpu else ''}{cpu} ({units}); {len(os.sched_getaffinity(0))} CPU cores; torch "
+            f"{torch.__version__}; {platform.platform()}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _scores(result: dict) -> dict:
@@ -374,7 +451,8 @@ def render(data: dict) -> str:
     out += ["", "Every distilled row is scored beside its own initialisation (`init`, the same images before "
             "distillation, in the same form) under the same protocol; `gain` is the difference of the means, "
             "`moved` the mean |S - S_init| of the stored pixels. mUE: the paper's Appendix E metric of the training "
-            f"images under the `{names[0]}` networks (udd_fast/metrics.py). Wall times: seconds on the machine above.",
+            f"images under the `{names[0]}` networks (udd_fast/metrics.py). Wall times: seconds on the machine above; "
+            "s/step, where given, is the median inner step (robust to a run paused or sharing its cores a while).",
             ""]
     larger = settings.get("larger")
     if larger:
@@ -400,6 +478,8 @@ def render(data: dict) -> str:
                 distill = f"{r['selection_wall_s']:.0f} (selection)"
             else:
                 distill = f"{r['distill_wall_s']:.0f}" if "distill_wall_s" in r else "—"
+                if r.get("step_s_median"):
+                    distill += f" ({r['step_s_median']:.2f} s/step)"
             cells = "".join(f" **{_cell(r['eval'].get(n))}** | {_cell(r.get('init', {}).get(n))} | "
                             f"{r['gain'][n]:+.2f} |" if "gain" in r else f" **{_cell(r['eval'].get(n))}** | — | — |"
                             for n in names)
@@ -422,6 +502,17 @@ def render(data: dict) -> str:
                     verdict = "beats" if gap > 0 else "does not beat"
                     out += [f"UDD {verdict} the IDC-style ablation under `{n}` at this budget: {gap:+.2f} points "
                             f"(means; std {a['std']:.2f} and {b['std']:.2f}).", ""]
+        by_steps = {}
+        for p in budget_points(rows, ipc, names):
+            by_steps.setdefault(p["steps"], {})[p["group"]] = p
+        if len({g for cells in by_steps.values() for g in cells}) > len(names):  # two methods or more
+            out += [f"### Budget, IPC={ipc}: UDD against the IDC-style ablation at equal steps", "",
+                    "| steps |" + "".join(f" UDD − IDC-style, `{n}` |" for n in names), "|---|" + "---|" * len(names)]
+            for steps, cells in sorted(by_steps.items()):
+                gaps = [(cells.get(f"udd ({n})"), cells.get(f"idc-style ({n})")) for n in names]
+                out.append(f"| {steps} |" + "".join(f" {a['mean'] - b['mean']:+.2f} |" if a and b else " — |"
+                                                    for a, b in gaps))
+            out += [""]
         arch = {k: r for k, r in mine.items() if "@" in k}
         if arch:
             out += [f"### Cross-architecture, IPC={ipc} (`{names[0]}` protocol on each network)", "",

@@ -1,0 +1,42 @@
+"""The cheap diagnostics: window flatness by hand, a policy that must pick the flat corner, CFC's share."""
+import pytest
+import torch
+
+from udd_fast import UDDConfig
+from udd_fast.data import RealData
+from udd_fast.diagnose import gradient_shares, window_background, window_flatness
+from udd_fast.regions import RegionConfig, candidate_windows
+
+from test_regions import ThresholdNet, planted_images
+
+
+def test_window_flatness_by_hand():
+    x = torch.zeros(1, 1, 6, 6)
+    x[0, 0, 3:, 3:] = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    std = window_flatness(x, candidate_windows((1 / 2,)))
+    assert std[0, :3].tolist() == [0, 0, 0]  # three flat quarters
+    assert std[0, 3].item() == pytest.approx(torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0.0]).std().item())
+
+
+def test_a_policy_that_finds_the_flat_corner_ranks_it_flattest():
+    x = planted_images(b=4)
+    data = RealData.from_tensors(x, torch.zeros(4, dtype=torch.long))
+    cfg = UDDConfig(regions=RegionConfig(p=1))
+    r = window_background(data, cfg, x, torch.zeros(4, dtype=torch.long), {"net": ThresholdNet()},
+                          policies=("activation", "random"))
+    assert r["policies"]["net/activation"] == {"flatness_rank": 0.0, "flat_share": 1.0}
+    assert r["flat_share_all"] == pytest.approx(1 / 12)
+
+
+def test_gradient_shares_separate_cfc_from_matching():
+    g = torch.Generator().manual_seed(0)
+    data = RealData.from_tensors(torch.rand(40, 1, 12, 12, generator=g), torch.arange(40) % 4)
+    cfg = UDDConfig(width=8, outer=1, inner=2, batch_real=8, net_batches=1, net_batch=8)
+    with_cfc = gradient_shares(data, cfg, after=1)
+    without = gradient_shares(data, cfg.replace(cfc=False), after=1)
+    for t in ("step 0", "step 1"):
+        assert with_cfc[t]["ratio"] > 0  # CFC's share is measured whether or not the run would use it
+        for k in ("matching_grad_norm", "cfc_grad_norm"):
+            assert with_cfc[t][k] == pytest.approx(without[t][k], rel=1e-5)
+    assert gradient_shares(data, cfg.replace(lam=2.0), after=1)["step 0"]["cfc_grad_norm"] == pytest.approx(
+        2 * with_cfc["step 0"]["cfc_grad_norm"], rel=1e-4)
