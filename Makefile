@@ -31,7 +31,7 @@ data:
 		echo "dataset-fashion-mnist not installable; Fashion-MNIST will be downloaded into ./data"; fi
 
 distill: setup
-	$(PY) -m udd_fast distill --dataset fashion-mnist --ipc 1 --preset cpu-quick --out $(RUN) --evaluate --baseline \
+	$(PY) -m udd_fast distill --dataset fashion-mnist --ipc 1 --preset cpu-quick --out $(RUN) --overwrite --evaluate --baseline \
 		--eval-precision auto
 
 test: setup

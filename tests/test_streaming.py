@@ -103,7 +103,7 @@ def test_bad_inputs_give_clear_errors(folder, tmp_path):
 def test_check_ipc(folder):
     fd = stream(folder)
     fd.check_ipc(6)
-    with pytest.raises(UDDError, match=r"ipc=7 must be between 1 and the smallest class size \(6\)"):
+    with pytest.raises(UDDError, match=r"ipc=7 must be between 1 and the smallest class size \(6 \(class 'blue'"):
         fd.check_ipc(7)
     with pytest.raises(UDDError, match="factor 2"):
         fd.check_ipc(2, 2)

@@ -7,6 +7,7 @@ with ``torch.load(weights_only=True)``: nothing is unpickled.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from udd_fast.errors import UDDError
+from udd_fast.files import write_error
 
 NAME = "checkpoint.pt"
 
@@ -24,13 +26,20 @@ def paths(out_dir: Path) -> tuple[Path, Path, Path]:
 
 
 def save(out_dir: Path, state: dict) -> Path:
-    """Write ``state`` as the run's newest checkpoint; the one it replaces becomes the previous one."""
+    """Write ``state`` as the run's newest checkpoint; the one it replaces becomes the previous one. A failed
+    write (a full disk) leaves both as they were and raises one line (:func:`udd_fast.files.write_error`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     newest, prev, tmp = paths(out_dir)
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # in memory: torch's writer reports a full disk as a bare position mismatch
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(newest, e, "checkpoint") from None
     if newest.exists():
         os.replace(newest, prev)
     os.replace(tmp, newest)

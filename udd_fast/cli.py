@@ -12,17 +12,20 @@ import torch
 import torch.distributed as dist
 
 from udd_fast.cache import CachedData, prepare, wait_for_cache
-from udd_fast.config import CPU_QUICK_NOTES, INITS, PRESETS, preset
+from udd_fast.config import CPU_QUICK_NOTES, INITS, PRESETS, UDDConfig, preset
 from udd_fast.coreset import herding_coreset
 from udd_fast.data import DATASETS, common_size, load_dataset
 from udd_fast.distiller import Distiller
-from udd_fast.errors import UDDError
+from udd_fast import checkpoint
+from udd_fast.errors import Interrupted, UDDError
+from udd_fast.files import atomic_write, check_writable
 from udd_fast.evaluate import (DEFAULT_PROTOCOLS, PROTOCOLS as EVAL_PROTOCOLS, EvalProtocol, evaluate,
                                evaluate_against_init, evaluate_images, protocol, random_baseline)
 from udd_fast.models import MODELS
 from udd_fast.regions import POLICIES
 from udd_fast.reproduce import BUDGETS, STUDIES, Harness
 from udd_fast.synset import SyntheticSet
+from udd_fast.unreadable import MAX_SHARE as MAX_UNREADABLE
 
 DATASET_CHOICES = [*DATASETS, "imagefolder"]
 
@@ -40,17 +43,19 @@ def _load(args, train: bool):
     if cache and train:
         if args.data_root and (not dist.is_initialized() or dist.get_rank() == 0):
             size = args.size or common_size(args.data_root, args.classes) or 224
-            prepare(args.data_root, cache, size, args.classes, args.workers, progress=not args.quiet)
+            prepare(args.data_root, cache, size, args.classes, args.workers, progress=not args.quiet,
+                    max_unreadable=args.max_unreadable, retry_unreadable=args.retry_unreadable)
         elif args.data_root:
             wait_for_cache(cache)  # on disk, not in a barrier: decoding may outlast a collective's timeout
-        data = CachedData(cache, classes=args.classes, size=args.size)
+        data = CachedData(cache, classes=args.classes, size=args.size, max_unreadable=args.max_unreadable)
         args.size = data.size  # the test split, loaded next, at the cache's size
         return data
     root = args.data_root if train else (args.test_root or args.data_root)
     if root is None and cache:
         raise UDDError("with --cache and no --data-root, pass --test-root for the evaluation's test images")
     data = load_dataset("imagefolder", train, root, args.size, classes=args.classes, stream=train,
-                        num_workers=args.workers)
+                        num_workers=args.workers, max_unreadable=args.max_unreadable,
+                        retry_unreadable=args.retry_unreadable, progress=not args.quiet)
     args.size = data.size  # the test split, loaded next, at the training split's size
     return data
 
@@ -77,7 +82,21 @@ def _report(title: str, rows: dict[str, dict], columns: list[str]) -> None:
         print(line)
 
 
+def check_out(out: Path, resume: bool, overwrite: bool) -> Path:
+    """Before any work: ``out`` must be writable, and must not hold another run unless it is to be resumed or
+    replaced (``overwrite`` removes its checkpoints, so that a later --resume cannot mix the two runs)."""
+    held = [n for n in ("synset.safetensors", checkpoint.NAME, "checkpoint.prev.pt") if (out / n).exists()]
+    if held and not (resume or overwrite):
+        raise UDDError(f"{out} already holds a run ({held[0]}); add --resume to continue it, --overwrite to replace "
+                       "it, or choose another --out")
+    if overwrite and not resume and (not dist.is_initialized() or dist.get_rank() == 0):
+        for name in (checkpoint.NAME, "checkpoint.prev.pt", "checkpoint.tmp"):
+            (out / name).unlink(missing_ok=True)
+    return check_writable(out)
+
+
 def cmd_distill(args) -> dict:
+    out = check_out(Path(args.out), args.resume, args.overwrite)
     train = _load(args, True)
     cfg = preset(args.preset, args.dataset, args.ipc, train.size, train.num_classes)
     changes = {k: v for k, v in {"model": args.model, "factor": args.factor, "outer": args.outer, "inner": args.inner,
@@ -97,8 +116,6 @@ def cmd_distill(args) -> dict:
     if args.crop_share is not None:
         changes.setdefault("regions", {})["crop_share"] = args.crop_share
     cfg = cfg.replace(**changes)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     distiller = Distiller(train, cfg, args.device, out)
     syn = distiller.run(progress=not args.quiet, resume=args.resume)
     if distiller.rank > 0:  # under torchrun, rank 0 writes and evaluates
@@ -126,7 +143,7 @@ def cmd_distill(args) -> dict:
         _report(f"accuracy % ({syn.form()}; S moved {metrics['moved_px']:.4f} px on average from its "
                 f"initialisation{'; random: ' + str(args.ipc) + ' real images per class' if args.baseline else ''})",
                 scored, columns)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=1), "metrics")
     return metrics
 
 
@@ -152,7 +169,7 @@ def cmd_evaluate(args) -> dict:
         title += f"; beside its initialisation {init_path} (S moved {moved:.4f} px on average)"
     _report(title, result, ["set", "init"] if init is not None else ["set"])
     if args.json:
-        Path(args.json).write_text(json.dumps({"moved_px": moved, "evaluation": result}, indent=1))
+        atomic_write(args.json, json.dumps({"moved_px": moved, "evaluation": result}, indent=1))
     return result
 
 
@@ -168,14 +185,15 @@ def cmd_baseline(args) -> dict:
                                                          progress=not args.quiet)}
     _report(f"{args.method}, ipc {args.ipc}: accuracy %", result, ["set"])
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        atomic_write(args.json, json.dumps(result, indent=1))
     return result
 
 
 def cmd_prepare(args) -> None:
     start = time.time()
     size = args.size or common_size(args.data_root, args.classes) or 224
-    cache = prepare(args.data_root, args.cache, size, args.classes, args.workers, progress=not args.quiet)
+    cache = prepare(args.data_root, args.cache, size, args.classes, args.workers, progress=not args.quiet,
+                    max_unreadable=args.max_unreadable, retry_unreadable=args.retry_unreadable)
     data = CachedData(cache)
     print(f"{len(data)} images of {data.num_classes} classes at {data.size} px in {cache} ({data.nbytes / 2**30:.2f} "
           f"GiB, {time.time() - start:.0f} s)")
@@ -210,7 +228,7 @@ def cmd_estimate(args) -> list[dict]:
                                 progress=not args.quiet))
         print(describe(results[-1]), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        atomic_write(args.json, json.dumps(results, indent=1))
     return results
 
 
@@ -218,19 +236,32 @@ def cmd_diagnose(args) -> dict:
     from udd_fast import diagnose
 
     train = _load(args, True)
+    synset = SyntheticSet.load(args.set) if args.set else None
+    if synset is not None:
+        args.ipc = [synset.ipc]
     result, text = {}, []
     for ipc in args.ipc:
         cfg = preset(args.preset, args.dataset, ipc, train.size, train.num_classes)
-        result[f"ipc{ipc}"] = diagnose.diagnose(train, cfg)
+        if synset is not None:
+            cfg = UDDConfig.from_json(json.dumps(synset.config)) if synset.config else cfg
+        result[f"ipc{ipc}"] = diagnose.diagnose(train, cfg, synset)
         text.append(diagnose.render(args.dataset, cfg, result[f"ipc{ipc}"]))
         print(text[-1], flush=True)
     if args.out:
         from udd_fast.reproduce import machine
 
         head = f"# diagnose\n\n`python -m udd_fast {' '.join(sys.argv[1:])}` ({machine()})\n\n"
-        Path(args.out).with_suffix(".md").write_text(head + "\n".join(text))
-        Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
+        atomic_write(Path(args.out).with_suffix(".md"), head + "\n".join(text))
+        atomic_write(Path(args.out).with_suffix(".json"), json.dumps(result, indent=1))
     return result
+
+
+def unreadable_options(q) -> None:
+    q.add_argument("--max-unreadable", type=float, default=MAX_UNREADABLE,
+                   help="imagefolder: the largest share of image files that may be unreadable (left out, listed in "
+                        "one line) before the folder is refused (default: %(default)s)")
+    q.add_argument("--retry-unreadable", action="store_true",
+                   help="imagefolder: decode the files found unreadable before once more (after replacing them)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -246,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--classes", help="imagefolder: a file with one class folder per line, or a shipped "
                                          "list (imagenet10, imagenet100)")
         q.add_argument("--workers", type=int, help="imagefolder: decoding threads (default: up to 4)")
+        unreadable_options(q)
         q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -288,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int)
     d.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoints (OUT/checkpoint.pt)")
     d.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")
+    d.add_argument("--overwrite", action="store_true", help="replace the run --out already holds (its set is kept "
+                                                            "until the new one is written; its checkpoints go)")
     d.add_argument("--step", choices=["loop", "batched"],
                    help="classes one at a time (loop, the reference) or all in one vmapped pass (batched: "
                         "meant for GPUs; slower than the loop on CPU)")
@@ -363,6 +397,8 @@ def parser() -> argparse.ArgumentParser:
     common(g)
     g.add_argument("--ipc", type=int, nargs="+", default=[1])
     g.add_argument("--preset", choices=PRESETS, default="cpu-quick")
+    g.add_argument("--set", help="a distilled synthetic set: measure the windows on its images instead of the "
+                                 "initialisation (its own settings; --ipc and --preset are then not used)")
     g.add_argument("--out", help="write OUT.md and OUT.json")
     g.set_defaults(func=cmd_diagnose)
 
@@ -374,6 +410,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--size", type=int, help="shorter side resized to this, then center-cropped (default: the "
                                             "images' own size when they are square and share one; else 224)")
     c.add_argument("--workers", type=int, help="decoding threads (default: every core)")
+    unreadable_options(c)
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_prepare)
 
@@ -405,6 +442,9 @@ def main(argv=None) -> int:
         if args.command == "distill":
             _distributed(args)
         args.func(args)
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130  # as a shell reports a run stopped by Ctrl-C
     except UDDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

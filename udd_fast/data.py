@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from udd_fast import unreadable
 from udd_fast.errors import UDDError
+from udd_fast.unreadable import UnreadableImage, reason_of
 
 # name -> (torchvision class, channels, size, classes, mean, std, flip allowed)
 DATASETS = {
@@ -169,11 +171,13 @@ def _pick(available: int, n: int, generator: torch.Generator | None, first: bool
         torch.randint(available, (n,), generator=generator)
 
 
-def _check_ipc(by_class, ipc: int, factor: int) -> None:
-    smallest = min(len(i) for i in by_class)
-    if ipc < 1 or ipc * factor ** 2 > smallest:
+def _check_ipc(by_class, ipc: int, factor: int, names: list[str] | None = None) -> None:
+    smallest = min(range(len(by_class)), key=lambda c: len(by_class[c]))
+    size = len(by_class[smallest])
+    if ipc < 1 or ipc * factor ** 2 > size:
         need = f"ipc={ipc}" if factor == 1 else f"ipc={ipc} with factor {factor} ({ipc * factor ** 2} real images)"
-        raise UDDError(f"{need} must be between 1 and the smallest class size ({smallest}); lower --ipc"
+        which = f" (class {names[smallest]!r}, readable images only)" if names else ""
+        raise UDDError(f"{need} must be between 1 and the smallest class size ({size}{which}); lower --ipc"
                        + ("" if factor == 1 else " or --factor"))
 
 
@@ -247,7 +251,7 @@ class StoredImages(ABC):
 
     def check_ipc(self, ipc: int, factor: int = 1) -> None:
         """Each class must hold the ``ipc * factor**2`` real images the synthetic set is initialised from."""
-        _check_ipc(self.by_class, ipc, factor)
+        _check_ipc(self.by_class, ipc, factor, self.classes)
 
     def to(self, device) -> "StoredImages":
         """Return batches on ``device`` from now on (the index stays on the CPU)."""
@@ -273,14 +277,32 @@ class FolderData(StoredImages):
     unlike ``DataLoader`` worker processes). Every batch is decoded again: for long runs decode once with
     :func:`udd_fast.cache.prepare` and sample from :class:`udd_fast.cache.CachedData`.
     ``classes``: see :func:`resolve_classes` (``None``: every class folder, sorted).
+
+    ``scan`` (default): every file is decoded once when the folder is built (with a progress bar unless not
+    ``progress``) and the unreadable ones are left out, reported in one line (:mod:`udd_fast.unreadable`); the
+    result is kept in the user's cache directory, so the next run on the same files does not decode again
+    (``rescan`` forces it). A folder with more than ``max_unreadable`` of its files unreadable, or a class with
+    none readable, is refused.
     """
 
     def __init__(self, root: str | os.PathLike, size: int = 224, classes=None, num_workers: int | None = None,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 name: str = "imagefolder", flip: bool = True):
+                 name: str = "imagefolder", flip: bool = True, scan: bool = True,
+                 max_unreadable: float = unreadable.MAX_SHARE, rescan: bool = False, progress: bool = True):
         self.num_workers = _workers(num_workers)
         self.root, self.image_size = Path(root), _check_size(size)
-        self.classes, self.files, labels = folder_listing(self.root, classes)
+        self.classes, files, labels = folder_listing(self.root, classes)
+        # Files that cannot be decoded are found once, up front, and left out of the listing, so that every
+        # draw comes from readable files and equals the draws of a cache built from the same folder.
+        self.unreadable, self.unreadable_list = {}, None
+        if scan:
+            self.unreadable, self.unreadable_list = unreadable.find(
+                self.root, files, lambda p: decode_image(p, 8), self.num_workers, rescan, progress)
+            unreadable.check(self.unreadable, files, labels, self.classes, self.root, max_unreadable)
+            unreadable.report(self.unreadable, len(files), self.unreadable_list)
+            keep = [i for i, f in enumerate(files) if f not in self.unreadable]
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+        self.files = files
         self.name, self.mean, self.std, self.flip = name, tuple(mean), tuple(std), flip
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         self._index()
@@ -290,14 +312,25 @@ class FolderData(StoredImages):
         return (f"FolderData(root={str(self.root)!r}, classes={self.num_classes}, images={len(self.labels)}, "
                 f"size={self.size}, num_workers={self.num_workers}, device={self.device})")
 
-    def decode(self, index) -> list[np.ndarray]:
-        """The images at dataset positions ``index`` decoded to (3, size, size) uint8 arrays, in the pool."""
+    def decode(self, index, tolerant: bool = False) -> list[np.ndarray]:
+        """The images at dataset positions ``index`` decoded to (3, size, size) uint8 arrays, in the pool. A file
+        that cannot be decoded raises :class:`~udd_fast.unreadable.UnreadableImage`, or with ``tolerant`` stands
+        in the list as that error."""
         paths = [self.root / self.files[i] for i in index]
+
+        def one(path):
+            try:
+                return decode_image(path, self.size)
+            except UnreadableImage as e:
+                if tolerant:
+                    return e
+                raise
+
         if self.num_workers == 0:
-            return [decode_image(p, self.size) for p in paths]
+            return [one(p) for p in paths]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="udd_fast-decode")
-        return list(self._pool.map(lambda p: decode_image(p, self.size), paths))
+        return list(self._pool.map(one, paths))
 
     def read(self, index: list[int]) -> torch.Tensor:
         return torch.from_numpy(np.stack(self.decode(index)))
@@ -319,12 +352,23 @@ def _check_size(size) -> int:
 
 def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """One image file as a (3, size, size) uint8 array: RGB, shorter side resized to ``size`` (bilinear, with
-    antialiasing), center-cropped; torchvision's ``Resize``/``CenterCrop`` on its ``default_loader``'s image."""
+    antialiasing), center-cropped; torchvision's ``Resize``/``CenterCrop`` on its ``default_loader``'s image.
+
+    Whatever Pillow opens is read: grayscale, CMYK, palette, a PNG named ``.jpg``. Two departures from
+    torchvision's loader, both on purpose: 16-bit grayscale (Pillow's ``I;16`` and ``I`` modes) is scaled to 8
+    bits (``convert("RGB")`` would clip it to white), and EXIF orientation is *not* applied, as torchvision does
+    not apply it (a rotated photo stays as its pixels are stored). A file Pillow cannot decode (not an image,
+    empty, cut short) raises :class:`~udd_fast.unreadable.UnreadableImage` naming it."""
     from PIL import Image
     from torchvision import transforms as T
 
-    with open(path, "rb") as f, Image.open(f) as im:
-        im = T.CenterCrop(size)(T.Resize(size)(im.convert("RGB")))
+    try:
+        with open(path, "rb") as f, Image.open(f) as im:
+            if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit samples: keep their top 8 bits
+                im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
+            im = T.CenterCrop(size)(T.Resize(size)(im.convert("RGB")))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(path, reason_of(path, e)) from None
     # contiguous channels-first, as ToTensor: a channels-last batch would send convolutions down another path
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
@@ -431,7 +475,8 @@ def _find_idx(dirs, prefix: str) -> tuple[Path, Path] | None:
 
 def load_dataset(name: str, train: bool = True, root: str | os.PathLike | None = None, size: int | None = None,
                  download: bool = True, classes=None, stream: bool | None = None,
-                 num_workers: int | None = None) -> "RealData | FolderData":
+                 num_workers: int | None = None, max_unreadable: float = unreadable.MAX_SHARE,
+                 retry_unreadable: bool = False, progress: bool = True) -> "RealData | FolderData":
     """Load a dataset by name (see :data:`DATASETS`) or ``imagefolder`` (``root`` = the class folders).
 
     For ``imagefolder``: ``size`` is the resize/center-crop size (default: the images' own size when they are
@@ -439,10 +484,13 @@ def load_dataset(name: str, train: bool = True, root: str | os.PathLike | None =
     (a list of folder names, a text file with one per line, or a shipped list name such as ``"imagenet10"``;
     labels become 0..K-1 in that order); ``stream`` (default ``True``) returns a :class:`FolderData` that
     decodes batches from disk with ``num_workers`` processes, ``stream=False`` an in-memory :class:`RealData`.
-    (``train`` is not used for ``imagefolder``: point ``root`` at the split you want.)"""
+    (``train`` is not used for ``imagefolder``: point ``root`` at the split you want.) Files that cannot be
+    decoded are left out with one line of report (:class:`FolderData`'s ``scan``; ``max_unreadable``, and
+    ``retry_unreadable`` to decode the ones found before again)."""
     root = Path(root) if root is not None else default_root()
     if name == "imagefolder":
-        folder = FolderData(root, size or common_size(root, classes) or 224, classes, num_workers)
+        folder = FolderData(root, size or common_size(root, classes) or 224, classes, num_workers,
+                            max_unreadable=max_unreadable, rescan=retry_unreadable, progress=progress)
         return folder if stream is None or stream else folder.materialize()
     if name not in DATASETS:
         raise UDDError(f"unknown dataset {name!r}; choose one of {', '.join([*DATASETS, 'imagefolder'])}")
@@ -491,7 +539,7 @@ def _read_cifar(name: str, root: Path, train: bool, num_workers: int | None = No
             return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
         split = base / ("train" if train else "test")
         if split.is_dir() and len([d for d in split.iterdir() if d.is_dir()]) == classes:
-            images = FolderData(split, size=32, num_workers=num_workers)
+            images = FolderData(split, size=32, num_workers=num_workers, progress=False)
             return images.read(list(range(len(images)))), images.labels
     return None
 

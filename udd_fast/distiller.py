@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -57,7 +60,8 @@ from udd_fast.config import UDDConfig
 from udd_fast.cpu import keep_freed_memory
 from udd_fast.coreset import herding_coreset
 from udd_fast.data import FolderData, RealData
-from udd_fast.errors import UDDError
+from udd_fast.errors import Interrupted, UDDError
+from udd_fast.files import atomic_write
 from udd_fast.formation import decode, mix_init
 from udd_fast.image_step import ClassSGD
 from udd_fast.losses import (PRECISIONS, autocast, best_seconds, bf16_is_fast, bf16_units, cfc_loss, ema_update,
@@ -118,6 +122,7 @@ class Distiller:
         self.own_index = torch.tensor(self.classes, device=self.device)
         self.group_index = {tuple(g): torch.tensor(g, device=self.device) for g in self.class_groups()}
         self.history: list[dict] = []
+        self.saved_outer: int | None = None  # the outer iteration of the newest checkpoint on disk
         # the network passes' precision; "auto" is settled by timing in start() (choose_precision)
         self.precision, self.probe = config.precision, None
 
@@ -134,34 +139,36 @@ class Distiller:
         bar = tqdm(total=cfg.outer * cfg.inner, initial=step, desc="distill", unit="step",
                    disable=not progress or self.rank > 0)
         start = last = time.time()
-        for outer in range(first, cfg.outer):
-            # Pixels are kept valid here only, as in IDC: the last outer iteration's steps stay unclamped.
-            with torch.no_grad():
-                syn.clamp_(0, 1)
-            opt.lr = self.lr_img_at(outer)
-            # A fresh network every outer iteration, so that S serves networks at every stage of training
-            # rather than one network's trajectory; CFC's memory of each class starts from its view of S.
-            net, net_opt = self.fresh_network()
-            bank = self.class_embeddings(net, syn)
-            for inner in range(cfg.inner):
-                # Mine every class's underutilized windows and accumulate dL/dS of its matching + CFC loss.
-                opt.before(syn)
-                syn.grad = None
-                match, bank = self.matching_gradient(net, syn, bank, step)
-                total = match.sum().item()
-                if not math.isfinite(total):
-                    raise UDDError(f"matching loss became {total} at outer {outer}, inner {inner}; lower lr_img")
-                # One image step per class, in IDC's order; then every process holds every class's rows.
-                opt.step(syn, syn.grad)
+        with self.on_interrupt(bar) as outer_begins:  # Ctrl-C or SIGTERM: the last whole outer iteration is kept
+            for outer in range(first, cfg.outer):
+                outer_begins(syn, opt, outer)
+                # Pixels are kept valid here only, as in IDC: the last outer iteration's steps stay unclamped.
                 with torch.no_grad():
-                    syn.copy_(self.all_reduce_own_rows(syn))
-                # The network learns on real data between steps, not after the last: a fresh one follows.
-                if inner < cfg.inner - 1:
-                    self.train_network(net, net_opt, syn)
-                step += 1
-                last = self.record(bar, step, outer, total, last)
-            if self.out_dir and cfg.checkpoint_every and (outer + 1) % cfg.checkpoint_every == 0:
-                self.save_checkpoint(syn, opt, outer + 1)
+                    syn.clamp_(0, 1)
+                opt.lr = self.lr_img_at(outer)
+                # A fresh network every outer iteration, so that S serves networks at every stage of training
+                # rather than one network's trajectory; CFC's memory of each class starts from its view of S.
+                net, net_opt = self.fresh_network()
+                bank = self.class_embeddings(net, syn)
+                for inner in range(cfg.inner):
+                    # Mine every class's underutilized windows and accumulate dL/dS of its matching + CFC loss.
+                    opt.before(syn)
+                    syn.grad = None
+                    match, bank = self.matching_gradient(net, syn, bank, step)
+                    total = match.sum().item()
+                    if not math.isfinite(total):
+                        raise UDDError(f"matching loss became {total} at outer {outer}, inner {inner}; lower lr_img")
+                    # One image step per class, in IDC's order; then every process holds every class's rows.
+                    opt.step(syn, syn.grad)
+                    with torch.no_grad():
+                        syn.copy_(self.all_reduce_own_rows(syn))
+                    # The network learns on real data between steps, not after the last: a fresh one follows.
+                    if inner < cfg.inner - 1:
+                        self.train_network(net, net_opt, syn)
+                    step += 1
+                    last = self.record(bar, step, outer, total, last)
+                if self.out_dir and cfg.checkpoint_every and (outer + 1) % cfg.checkpoint_every == 0:
+                    self.save_checkpoint(syn, opt, outer + 1)
         bar.close()
         return self.finish(syn, time.time() - start)
 
@@ -431,7 +438,7 @@ class Distiller:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             result.save(self.out_dir / "synset.safetensors")
             self.init_set.save(self.out_dir / "init.safetensors")
-            (self.out_dir / "history.json").write_text(json.dumps(self.history))
+            atomic_write(self.out_dir / "history.json", json.dumps(self.history), "history")
         return result
 
     def synthetic_set(self, syn: torch.Tensor) -> SyntheticSet:
@@ -440,17 +447,66 @@ class Distiller:
                             self.cfg.factor, False, self.cfg.regions.groups, json.loads(self.cfg.to_json()))
 
     # --- checkpoints ----------------------------------------------------------------------------------
-    def save_checkpoint(self, syn: torch.Tensor, opt: ClassSGD, outer: int) -> None:
+    def checkpoint_state(self, syn: torch.Tensor, opt: ClassSGD, outer: int) -> dict:
         """Everything the rest of the run depends on after ``outer`` outer iterations (a fresh network and
-        CFC bank follow, so neither is saved). Every process joins in; rank 0 writes."""
+        CFC bank follow, so neither is saved), copied: the run goes on changing S. Every process joins in."""
         momentum = self.all_reduce_own_rows(opt.buffer)
-        state = {"outer": outer, "syn": syn.detach().cpu(), "init": self.init_set.images, "momentum": momentum.cpu(),
-                 "rng": torch.get_rng_state(), "streams": torch.stack([g.get_state() for g in self.streams]),
-                 "history": json.dumps(self.history), "config": self.cfg.to_json(), "precision": self.precision}
+        state = {"outer": outer, "syn": syn.detach().cpu().clone(), "init": self.init_set.images,
+                 "momentum": momentum.cpu().clone(), "rng": torch.get_rng_state(),
+                 "streams": torch.stack([g.get_state() for g in self.streams]), "history": json.dumps(self.history),
+                 "config": self.cfg.to_json(), "precision": self.precision}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save_checkpoint(self, syn: torch.Tensor, opt: ClassSGD, outer: int) -> None:
+        """Write the checkpoint after ``outer`` outer iterations; every process joins in, rank 0 writes."""
+        self.write_checkpoint(self.checkpoint_state(syn, opt, outer))
+
+    def write_checkpoint(self, state: dict) -> None:
         if self.rank == 0:
             checkpoint.save(self.out_dir, state)
+        self.saved_outer = state["outer"]
+
+    @contextmanager
+    def on_interrupt(self, bar):
+        """Around the outer loop: Ctrl-C (SIGINT) or SIGTERM stops the run and keeps the last whole outer
+        iteration. The loop calls the yielded ``outer_begins(syn, opt, outer)`` at the start of each outer
+        iteration, which copies the state there (what a checkpoint after the previous one holds); on an
+        interrupt that copy is written as the checkpoint, unless it is already on disk, and
+        :class:`~udd_fast.errors.Interrupted` says how to resume. ``--resume`` then redoes the interrupted
+        outer iteration from its start and ends with the set of an uninterrupted run."""
+        held = {}
+
+        def outer_begins(syn, opt, outer):
+            held["outer"] = outer
+            if self.out_dir:
+                held["state"] = self.checkpoint_state(syn, opt, outer)
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
+        try:
+            yield outer_begins
+        except KeyboardInterrupt:
+            bar.close()
+            raise self.interrupted(held) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+
+    def interrupted(self, held: dict) -> Interrupted:
+        """Write the held state as a checkpoint (unless it is on disk already) and say how to go on."""
+        where = f"in outer iteration {held.get('outer', 0) + 1} of {self.cfg.outer}"
+        if self.out_dir is None:
+            return Interrupted(f"distillation interrupted {where}; nothing was saved (no out_dir)")
+        state = held.get("state")
+        if state is not None and self.saved_outer != state["outer"]:
+            self.write_checkpoint(state)
+        if self.saved_outer is None:
+            return Interrupted(f"distillation interrupted {where}, before anything could be saved in {self.out_dir}")
+        return Interrupted(f"distillation interrupted {where}: {self.out_dir / checkpoint.NAME} holds the run after "
+                           f"{self.saved_outer} outer iteration(s); run the same command with --resume to continue "
+                           "(it ends with the set an uninterrupted run gives)")
 
     def restore(self, state: dict, opt: ClassSGD) -> int:
         """Load a checkpoint's momentum, random streams and history; returns the next outer index."""
@@ -462,6 +518,7 @@ class Distiller:
             raise UDDError(f"the checkpoint in {self.out_dir} was written with other settings ({', '.join(changed)}); "
                            "resume with the same settings or use another --out")
         opt.buffer = state["momentum"].to(self.device)
+        self.saved_outer = state["outer"]
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)

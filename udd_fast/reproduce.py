@@ -41,6 +41,7 @@ from udd_fast.coreset import herding_coreset, real_network
 from udd_fast.data import load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
+from udd_fast.files import atomic_write
 from udd_fast.evaluate import (DEFAULT_PROTOCOLS, EvalProtocol, evaluate, evaluate_images, moved, protocol,
                                random_baseline)
 from udd_fast.formation import decode
@@ -194,9 +195,7 @@ class Table:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for target, text in ((self.json, json.dumps(self.data, indent=1)), (self.md, render(self.data))):
-            tmp = target.with_suffix(target.suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, target)
+            atomic_write(target, text, "results table")
 
 
 class Harness:
@@ -372,7 +371,7 @@ class Harness:
         info = {"distill_wall_s": time.time() - start, "resumed": resume, "config": json.loads(cfg.to_json()),
                 "step_s_median": seconds[len(seconds) // 2] if seconds else None,
                 "precision": distiller.precision, "precision_probe": distiller.probe, **distiller.memory}
-        made.write_text(json.dumps(info))
+        atomic_write(made, json.dumps(info))
         return syn, distiller.init_set, info
 
     def window_figure_inputs(self, ipc: int, row: Row, per_class: int = 1, classes: int = 4):

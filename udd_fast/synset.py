@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from udd_fast.errors import UDDError
+from udd_fast.files import atomic_write
 from udd_fast.formation import decode
 from udd_fast.regions import candidate_windows, training_batch
 
@@ -58,10 +59,9 @@ class SyntheticSet:
         meta = {"dataset": self.dataset, "ipc": str(self.ipc), "mean": json.dumps(list(self.mean)),
                 "std": json.dumps(list(self.std)), "factor": str(self.factor), "expand": json.dumps(self.expand),
                 "groups": json.dumps(list(self.groups)), "config": json.dumps(self.config)}
-        tmp = f"{path}.tmp"
-        save_file({"images": self.images.detach().float().cpu().contiguous(),
-                   "labels": self.labels.long().cpu().contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
+        data = save({"images": self.images.detach().float().cpu().contiguous(),
+                     "labels": self.labels.long().cpu().contiguous()}, metadata=meta)
+        atomic_write(path, data, "synthetic set")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SyntheticSet":
