@@ -42,3 +42,25 @@ def test_gradient_shares_separate_cfc_from_matching():
             assert with_cfc[t][k] == pytest.approx(without[t][k], rel=1e-5)
     assert gradient_shares(data, cfg.replace(lam=2.0), after=1)["step 0"]["cfc_grad_norm"] == pytest.approx(
         2 * with_cfc["step 0"]["cfc_grad_norm"], rel=1e-4)
+
+
+def test_diagnose_command_on_the_initialisation_and_on_a_set(tmp_path, monkeypatch, capsys):
+    import json
+
+    from udd_fast import cli
+    from udd_fast.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    tiny = RealData.from_tensors(torch.rand(40, 1, 12, 12, generator=g), torch.arange(40) % 4, name="tiny")
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: tiny)
+    out = tmp_path / "d"
+    assert main(["diagnose", "--dataset", "mnist", "--ipc", "1", "--out", str(out), "--width", "8", "--after", "1",
+                 "--quiet"]) == 0
+    assert "flatness rank" in out.with_suffix(".md").read_text() and "the initialisation" in capsys.readouterr().out
+    assert set(json.loads(out.with_suffix(".json").read_text())["ipc1"]) == {"windows", "gradients", "images"}
+    run = tmp_path / "run"
+    assert main(["distill", "--dataset", "mnist", "--ipc", "1", "--out", str(run), "--outer", "1", "--inner", "1",
+                 "--width", "8", "--precision", "fp32", "--quiet"]) == 0
+    assert main(["diagnose", "--dataset", "mnist", "--set", str(run / "synset.safetensors"), "--after", "1",
+                 "--quiet"]) == 0
+    assert "the distilled set" in capsys.readouterr().out

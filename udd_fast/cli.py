@@ -244,7 +244,9 @@ def cmd_diagnose(args) -> dict:
         cfg = preset(args.preset, args.dataset, ipc, train.size, train.num_classes)
         if synset is not None:
             cfg = UDDConfig.from_json(json.dumps(synset.config)) if synset.config else cfg
-        result[f"ipc{ipc}"] = diagnose.diagnose(train, cfg, synset)
+        if args.width:
+            cfg = cfg.replace(width=args.width)
+        result[f"ipc{ipc}"] = diagnose.diagnose(train, cfg, synset, after=args.after)
         text.append(diagnose.render(args.dataset, cfg, result[f"ipc{ipc}"]))
         print(text[-1], flush=True)
     if args.out:
@@ -399,6 +401,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=PRESETS, default="cpu-quick")
     g.add_argument("--set", help="a distilled synthetic set: measure the windows on its images instead of the "
                                  "initialisation (its own settings; --ipc and --preset are then not used)")
+    g.add_argument("--width", type=int, help="override the distillation network's width")
+    g.add_argument("--after", type=int, default=50, help="network updates before CFC's share is measured again "
+                                                         "(default: %(default)s)")
     g.add_argument("--out", help="write OUT.md and OUT.json")
     g.set_defaults(func=cmd_diagnose)
 

@@ -88,7 +88,7 @@ def gradient_shares(data, cfg: UDDConfig, after: int = 50) -> dict:
     return out
 
 
-def diagnose(data, cfg: UDDConfig, synset=None, seed: int = 0) -> dict:
+def diagnose(data, cfg: UDDConfig, synset=None, seed: int = 0, after: int = 50) -> dict:
     """Both measurements on the initialisation of ``cfg``, or the windows on a distilled ``synset`` (its
     decoded images, as the policies see them; CFC's share is measured on the initialisation either way)."""
     distiller = Distiller(data, cfg)
@@ -101,7 +101,7 @@ def diagnose(data, cfg: UDDConfig, synset=None, seed: int = 0) -> dict:
     fresh = distiller.new_network().eval()
     trained = real_network(data, seed, width=cfg.width or 64)
     return {"windows": window_background(data, cfg, images, labels, {"fresh": fresh, "trained": trained}),
-            "gradients": gradient_shares(data, cfg), "images": "initialisation" if synset is None else "distilled set"}
+            "gradients": gradient_shares(data, cfg, after), "images": "initialisation" if synset is None else "distilled set"}
 
 
 def render(dataset: str, cfg: UDDConfig, result: dict) -> str:
