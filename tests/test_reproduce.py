@@ -182,6 +182,6 @@ def test_hypothesis_and_budget_rows_change_what_they_say():
     assert Harness.config(h, 1, ROW["udd-random"]).regions.policy == "random"
     assert ROW["idc-style-f1-expanded"].source == "idc-style-f1" and ROW["idc-style-f1-expanded"].expand
     steps = {k: (Harness.config(h, 1, ROW[k]).outer, Harness.config(h, 1, ROW[k]).inner) for k in reproduce.BUDGET_ROWS}
-    assert steps == {"udd-s1000": (10, 100), "idc-style-s1000": (10, 100), "udd-s3000": (30, 100),
-                     "idc-style-s3000": (30, 100)}
+    assert steps == {f"{k}-s{n}": (n // 100, 100) for k in ("udd", "udd-on-top", "idc-style") for n in (1000, 3000)}
+    assert [k for k in STUDIES["budget"] if "on-top" in k] == []  # run by --rows when the crops on top win
     assert Harness.config(h, 1, ROW["idc-style-s3000"]).replace(outer=3) == base
