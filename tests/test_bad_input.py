@@ -167,7 +167,7 @@ def test_a_full_disk_keeps_the_previous_files_and_says_so(tmp_path, monkeypatch)
         before = target.read_bytes()
         disk_full_at(target)
         with pytest.raises(UDDError, match=f"cannot write {what} .*no space left on the device.*previous "
-                                           f"{target.name} is intact.*run the same command again"):
+                                           f"{target.name} is intact.*run the command again \\(distill with --resume\\)"):
             Distiller(tiny_data(), config(outer=2), out_dir=run).run(progress=False)
         assert target.read_bytes() == before and not list(run.glob("*.tmp"))  # byte-identical, nothing half
     # the results table of reproduce

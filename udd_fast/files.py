@@ -40,7 +40,8 @@ def write_error(path: Path, error: OSError, what: str = "") -> UDDError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
         return UDDError(f"cannot write {name}: no space left on the device ({free / 2**20:.0f} MiB free){kept}; "
-                        "free some space and run the same command again (it continues where it stopped)")
+                        "free some space and run the command again (distill with --resume): it goes on from what "
+                        "was saved")
     return UDDError(f"cannot write {name}: {error.strerror or error}{kept}")
 
 
