@@ -26,6 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from udd_fast.errors import UDDError
+from udd_fast.files import atomic_write
 
 #: the largest share of a folder's image files that may be unreadable before the folder is refused
 MAX_SHARE = 0.01
@@ -102,10 +103,8 @@ def find(root: Path, files: list[str], decode, num_workers: int, rescan: bool = 
             bar.update()
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"root": str(root.resolve()), "files": len(files), "unreadable": bad}, indent=1))
-        os.replace(tmp, record)
-    except OSError:
+        atomic_write(record, json.dumps({"root": str(root.resolve()), "files": len(files), "unreadable": bad}, indent=1))
+    except (OSError, UDDError):
         return bad, None  # nowhere to keep it: the next run checks again
     return bad, record
 
