@@ -111,6 +111,31 @@ def test_distill_cifar10_from_either_layout_on_disk(tmp_path, layout, capsys):
     assert syn.dataset == "cifar10" and syn.mean == DATASETS["cifar10"][4] and syn.images.shape == (10, 3, 32, 32)
 
 
+def test_auto_precision_is_timed_once_per_machine_and_shape(tmp_path, monkeypatch):
+    """``--precision auto`` times fp32 and bf16 on the first run only (where bf16 has a hardware path: forced
+    here); the next run of the same shape starts without timing and says where its choice came from;
+    ``--precision-probe`` times again."""
+    from udd_fast import cli, distiller
+    from udd_fast.data import RealData
+
+    tiny = RealData.from_tensors(torch.rand(40, 1, 12, 12), torch.arange(40) % 4, name="tiny")
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: tiny)
+    monkeypatch.setattr(distiller, "bf16_is_fast", lambda device_type: True)
+    timed = []
+    monkeypatch.setattr(distiller.Distiller, "step_seconds", lambda self, syn, p, probe: timed.append(p) or 1.0)
+    runs = []
+    for extra in ([], [], ["--precision-probe"]):
+        out = tmp_path / f"run{len(runs)}"
+        assert main(["distill", "--dataset", "mnist", "--ipc", "1", "--out", str(out), "--outer", "1", "--inner", "1",
+                     "--width", "8", "--precision", "auto", "--quiet", *extra]) == 0
+        runs.append((len(timed), json.loads((out / "metrics.json").read_text())["precision_probe"]))
+        timed.clear()
+    (first, probe), (second, recalled), (third, again) = runs
+    assert first == third == 6 and second == 0  # one untimed step and two timed ones per precision
+    assert "remembered" not in probe and recalled["remembered"] and recalled["chosen"] == probe["chosen"]
+    assert "remembered" not in again
+
+
 def test_estimate_projects_the_whole_run(tmp_path, capsys):
     out = tmp_path / "estimate.json"
     assert main(["estimate", "--dataset", "cifar10", "--preset", "idc", "--ipc", "1", "--steps", "2", "--width", "8",

@@ -170,3 +170,13 @@ def test_auto_precision_keeps_the_faster_and_leaves_no_trace(monkeypatch, tmp_pa
     probed.clear()
     assert torch.equal(again.run(progress=False, resume=True).images, syn.images)
     assert probed == [] and again.precision == chosen  # from the checkpoint, not probed again
+    if fast_bf16:  # remembered for this machine and shape: a new run starts without timing, unless told to
+        other = Distiller(tiny_data(), cfg.replace(precision="auto", seed=1, lr_img=0.5))
+        other.run(progress=False)
+        assert probed == [] and other.precision == chosen and other.probe["remembered"]
+        assert other.probe["step_s"] == d.probe["step_s"]  # what was measured, recalled
+        Distiller(tiny_data(), cfg.replace(precision="auto"), reprobe=True).run(progress=False)
+        assert probed == ["fp32", "bf16"] * 3
+        probed.clear()
+        Distiller(tiny_data(), cfg.replace(precision="auto", width=16)).run(progress=False)  # another shape
+        assert probed == ["fp32", "bf16"] * 3

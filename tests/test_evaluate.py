@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -40,9 +42,10 @@ def test_evaluate_images_learns_separable_classes():
     assert r["mean"] > 90 and r["train_images"] == 30 and len(r["accs"]) == 2 and 0 < r["mue"] <= 1
 
 
-def test_named_protocols_and_auto_precision(monkeypatch):
+def test_named_protocols_and_auto_precision(monkeypatch, tmp_path):
     """The protocols say what they are; ``auto`` takes bf16 only where the hardware has it, and there only when
-    a timed training batch says it is faster (the timings are forced here)."""
+    a timed training batch says it is faster (the timings are forced here); the choice is remembered, so the
+    next evaluation of that shape times nothing."""
     from udd_fast import losses
     from udd_fast.errors import UDDError
     from udd_fast.evaluate import DEFAULT_PROTOCOLS, protocol
@@ -67,15 +70,20 @@ def test_named_protocols_and_auto_precision(monkeypatch):
     proto = EvalProtocol("plain", width=8, epochs=2, repeats=1, augment="shift", precision="auto")
     timed = ev.batch_seconds
     for bf16_s, chosen in ((1.0, "bf16"), (3.0, "fp32")):
+        monkeypatch.setenv("UDD_FAST_CACHE", str(tmp_path / chosen))  # nothing remembered yet
         monkeypatch.setattr(ev, "batch_seconds", lambda *a: (timed(*a), {"fp32": 2.0, "bf16": bf16_s})[1])
-        ev._CHOSEN.clear()
         rng = torch.get_rng_state()
         assert ev.eval_precision(proto, d) == chosen
         assert torch.equal(torch.get_rng_state(), rng)  # the probe's network and batch leave no trace
+        monkeypatch.setattr(ev, "batch_seconds", lambda *a: pytest.fail("timed again"))
+        assert ev.eval_precision(proto, d) == chosen  # remembered
+        assert ev.eval_precision(replace(proto, epochs=5), d) == chosen  # epochs do not change a batch's cost
+        with pytest.raises(pytest.fail.Exception, match="timed again"):
+            ev.eval_precision(replace(proto, width=16), d)  # another network: timed
     monkeypatch.setattr(losses, "bf16_is_fast", lambda device_type: False)
     assert ev.eval_precision(proto, d) == "fp32"  # without a bf16 hardware path, whatever was probed before
     monkeypatch.setattr(losses, "bf16_is_fast", lambda device_type: True)
-    ev._CHOSEN.clear()
+    monkeypatch.setenv("UDD_FAST_CACHE", str(tmp_path / "again"))
     monkeypatch.setattr(ev, "batch_seconds", lambda *a: {"fp32": 2.0, "bf16": 1.0})
     r = evaluate_images(d.images, d.labels, d, proto, progress=False)
     assert r["precision"] == "bf16" and r["protocol"]["name"] == "plain"

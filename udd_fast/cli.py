@@ -116,7 +116,7 @@ def cmd_distill(args) -> dict:
     if args.crop_share is not None:
         changes.setdefault("regions", {})["crop_share"] = args.crop_share
     cfg = cfg.replace(**changes)
-    distiller = Distiller(train, cfg, args.device, out)
+    distiller = Distiller(train, cfg, args.device, out, reprobe=args.precision_probe)
     syn = distiller.run(progress=not args.quiet, resume=args.resume)
     if distiller.rank > 0:  # under torchrun, rank 0 writes and evaluates
         return {}
@@ -332,8 +332,13 @@ def parser() -> argparse.ArgumentParser:
                         "default) or all of it (repeat: the set is then bit-identical to one process's)")
     d.add_argument("--precision", choices=["fp32", "bf16", "auto"],
                    help="bf16: network passes under bfloat16 autocast; auto: the faster of fp32 and bf16, timed on "
-                        "the first steps (fp32 without a bf16 hardware path; being timed, it can differ between runs: "
-                        "metrics.json records it); default: the preset's")
+                        "the first steps and remembered for this machine and this shape of run in the cache "
+                        "directory ($UDD_FAST_CACHE, else ~/.cache/udd_fast), so later runs start without timing (fp32 "
+                        "without a bf16 hardware path; being timed, it can differ between machines: metrics.json "
+                        "records it); default: the preset's")
+    d.add_argument("--precision-probe", action="store_true",
+                   help="with precision auto: time fp32 and bf16 again even when a choice is remembered, and "
+                        "remember the new one")
     d.add_argument("--evaluate", action="store_true", help="evaluate the result when done")
     d.add_argument("--baseline", action="store_true", help="with --evaluate, also score random real images")
     protocol(d)

@@ -77,3 +77,14 @@ def keep_freed_memory(device: torch.device | str = "cpu") -> bool:
             libc = ctypes.CDLL(None)
             _applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
     return _applied
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (else what the platform says)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

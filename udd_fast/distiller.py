@@ -39,6 +39,7 @@ bit-identical to one process's (the tests check both).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -54,7 +55,7 @@ import torch.nn.functional as F
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from udd_fast import checkpoint
+from udd_fast import checkpoint, remembered
 from udd_fast.augment import DSA, cutmix
 from udd_fast.config import UDDConfig
 from udd_fast.cpu import keep_freed_memory
@@ -89,7 +90,7 @@ class Distiller:
     """
 
     def __init__(self, data: RealData | FolderData, config: UDDConfig, device: str | torch.device = "cpu",
-                 out_dir: str | Path | None = None):
+                 out_dir: str | Path | None = None, reprobe: bool = False):
         data.check_ipc(config.ipc, config.factor)
         if config.regions.policy is not None:
             check_image_size(data.size, config.regions.groups)
@@ -125,6 +126,7 @@ class Distiller:
         self.saved_outer: int | None = None  # the outer iteration of the newest checkpoint on disk
         # the network passes' precision; "auto" is settled by timing in start() (choose_precision)
         self.precision, self.probe = config.precision, None
+        self.reprobe = reprobe  # "auto": time the precisions again even when this machine's choice is remembered
 
     # --- Algorithm 1 ----------------------------------------------------------------------------------
     def run(self, progress: bool = True, resume: bool = False) -> SyntheticSet:
@@ -191,15 +193,28 @@ class Distiller:
         return syn, opt, self.restore(state, opt) if state else 0
 
     def choose_precision(self, syn: torch.Tensor) -> str:
-        """``precision="auto"``: fp32 where bf16 has no hardware path (:func:`bf16_is_fast`), else the faster of
-        fp32 and bf16 over :data:`PROBE_ROUNDS` timed inner steps each (:func:`best_seconds`), each precision on
-        its own fresh network. The probe leaves no trace: its networks are thrown away and every
-        random stream is put back, so the run is the one its chosen precision gives. Under torchrun rank 0's
-        choice holds everywhere. What was measured, and the bf16 hardware found, is kept in ``self.probe`` (and
+        """``precision="auto"``: fp32 where bf16 has no hardware path (:func:`bf16_is_fast`); else the choice
+        remembered for this machine and this shape of run (:mod:`udd_fast.remembered`), unless ``reprobe``;
+        else the faster of fp32 and bf16 over :data:`PROBE_ROUNDS` timed inner steps each
+        (:func:`best_seconds`), each precision on its own fresh network, and that choice is remembered. The
+        probe leaves no trace: its networks are thrown away and every random stream is put back, so the run is
+        the one its chosen precision gives. Under torchrun rank 0's choice (remembered or measured) holds
+        everywhere. What was measured or recalled, and the bf16 hardware found, is kept in ``self.probe`` (and
         in metrics.json)."""
         if not bf16_is_fast(self.device.type):
             self.probe = {"chosen": "fp32", "reason": f"no bf16 hardware path on this {self.device.type}"}
             return "fp32"
+        key = {"machine": remembered.machine(self.device, self.world), "run": self.probe_shape()}
+        known = remembered.recall(key) if self.rank == 0 and not self.reprobe else None
+        # (remembered, bf16 chosen): every process probes, or none does, since the probe's steps synchronise
+        pick = torch.tensor([float(known is not None), float(known is not None and known["chosen"] == "bf16")],
+                            device=self.device)
+        if self.world > 1:
+            dist.broadcast(pick, 0)
+        if pick[0].item():
+            chosen = "bf16" if pick[1].item() else "fp32"
+            self.probe = {**(known or {}), "chosen": chosen, "remembered": str(remembered.record_path(key))}
+            return chosen
         rng, streams = torch.get_rng_state(), [g.get_state() for g in self.streams]
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         nets = {}
@@ -218,7 +233,19 @@ class Distiller:
             dist.broadcast(pick, 0)
         chosen = "bf16" if pick.item() else "fp32"
         self.probe = {"chosen": chosen, "step_s": seconds, "bf16_units": bf16_units(self.device.type)}
+        if self.rank == 0:
+            remembered.remember(key, self.probe)
         return chosen
+
+    def probe_shape(self) -> dict:
+        """What an inner step's cost depends on besides the machine: the data's shape and every setting that
+        changes what a step computes (the fields that only change values, such as learning rates and the seed,
+        are left out, so that runs differing in them share one probe)."""
+        values_only = {"outer", "inner", "lr_img", "mom_img", "lr_decay", "lam", "tau", "alpha", "net_lr", "init",
+                       "precision", "seed", "checkpoint_every"}
+        d = self.data
+        return {"data": [d.channels, d.size, d.num_classes],
+                **{k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in values_only}}
 
     def step_seconds(self, syn: torch.Tensor, precision: str, probe: tuple) -> float:
         """Wall time of one inner step (matching and network update) in ``precision`` on the probe's network,

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from udd_fast.augment import DSA, cutmix, random_shift
 from udd_fast.cpu import keep_freed_memory
 from udd_fast.data import FolderData, RealData
+from udd_fast import remembered
 from udd_fast.errors import UDDError
 from udd_fast.coreset import random_coreset
 from udd_fast.losses import PRECISIONS, autocast, best_seconds, resolve_precision, soft_cross_entropy
@@ -94,26 +95,26 @@ def protocol(name: str, **changes) -> EvalProtocol:
     return replace(PROTOCOLS[name], **{k: v for k, v in changes.items() if v is not None})
 
 
-#: (model, width, image shape, classes, batch, device) -> the precision the ``auto`` probe chose for it
-_CHOSEN: dict[tuple, str] = {}
-
-
 def eval_precision(proto: EvalProtocol, test: RealData, device="cpu") -> str:
     """The precision of ``proto``'s training passes: as given, or for ``auto`` fp32 where bf16 has no hardware
     path (:func:`udd_fast.losses.resolve_precision`) and otherwise the faster of fp32 and bf16 over timed
-    training batches on a throwaway network (:func:`batch_seconds`). Probed once per network and batch shape;
-    the global random stream is put back, so the training that follows is the one its precision gives."""
+    training batches on a throwaway network (:func:`batch_seconds`). Probed once per machine, network and batch
+    shape, and remembered (:mod:`udd_fast.remembered`); the global random stream is put back, so the training
+    that follows is the one its precision gives."""
     dev = torch.device(device)
     resolved = resolve_precision(proto.precision, dev.type)
     if proto.precision != "auto" or resolved == "fp32":
         return resolved
-    key = (proto.model, proto.width, test.channels, test.size, test.num_classes, proto.batch, str(dev))
-    if key not in _CHOSEN:
+    key = {"machine": remembered.machine(dev), "evaluation": [proto.model, proto.width, test.channels, test.size,
+                                                              test.num_classes, proto.batch]}
+    known = remembered.recall(key)
+    if known is None:
         rng = torch.get_rng_state()
         seconds = batch_seconds(proto, test, dev)
         torch.set_rng_state(rng)
-        _CHOSEN[key] = min(seconds, key=seconds.get)
-    return _CHOSEN[key]
+        known = {"chosen": min(seconds, key=seconds.get), "batch_s": seconds}
+        remembered.remember(key, known)
+    return known["chosen"]
 
 
 def training_batch(proto: EvalProtocol, test: RealData, dev: torch.device):

@@ -56,3 +56,11 @@ def check_writable(directory: str | os.PathLike) -> Path:
     except OSError as e:
         raise UDDError(f"cannot write to {directory}: {e.strerror or e}; choose another --out") from None
     return directory
+
+
+def cache_dir() -> Path:
+    """Where udd_fast keeps what it learned about a machine (unreadable files, the precision ``auto`` chose):
+    ``$UDD_FAST_CACHE``, else ``$XDG_CACHE_HOME/udd_fast``, else ``~/.cache/udd_fast``."""
+    if os.environ.get("UDD_FAST_CACHE"):
+        return Path(os.environ["UDD_FAST_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "udd_fast"

@@ -38,6 +38,7 @@ import torch
 from udd_fast import figures
 from udd_fast.config import CPU_QUICK_NOTES, UDDConfig, preset
 from udd_fast.coreset import herding_coreset, real_network
+from udd_fast.cpu import cpu_model
 from udd_fast.data import load_dataset
 from udd_fast.distiller import Distiller
 from udd_fast.errors import UDDError
@@ -411,16 +412,6 @@ def machine() -> str:
     units = ", ".join(bf16_units("cpu")) or "no bf16 units"
     return (f"{gpu + '; ' if gpu else ''}{cpu} ({units}); {len(os.sched_getaffinity(0))} CPU cores; torch "
             f"{torch.__version__}; {platform.platform()}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _scores(result: dict) -> dict:

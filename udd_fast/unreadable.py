@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from udd_fast.errors import UDDError
-from udd_fast.files import atomic_write
+from udd_fast.files import atomic_write, cache_dir
 
 #: the largest share of a folder's image files that may be unreadable before the folder is refused
 MAX_SHARE = 0.01
@@ -54,14 +54,6 @@ def reason_of(path, error: BaseException) -> str:
     if isinstance(error, UnidentifiedImageError):
         return "not an image Pillow recognises"
     return (str(error).splitlines() or [type(error).__name__])[0]
-
-
-def cache_dir() -> Path:
-    """Where udd_fast keeps what it learned about a machine's files: ``$UDD_FAST_CACHE``, else
-    ``$XDG_CACHE_HOME/udd_fast``, else ``~/.cache/udd_fast``."""
-    if os.environ.get("UDD_FAST_CACHE"):
-        return Path(os.environ["UDD_FAST_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "udd_fast"
 
 
 def _scan_key(root: Path, files: list[str]) -> str:
