@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from udd_fast import reproduce
 from udd_fast.cli import main
@@ -185,3 +186,32 @@ def test_hypothesis_and_budget_rows_change_what_they_say():
     assert steps == {f"{k}-s{n}": (n // 100, 100) for k in ("udd", "udd-on-top", "idc-style") for n in (1000, 3000)}
     assert [k for k in STUDIES["budget"] if "on-top" in k] == []  # run by --rows when the crops on top win
     assert Harness.config(h, 1, ROW["idc-style-s3000"]).replace(outer=3) == base
+
+
+def test_longer_budget_rows_continue_the_shorter_runs(tmp_path, monkeypatch):
+    """A budget row continues the finished run of its method with the most steps below its own (the base row,
+    then the shorter budget rows), and ends with the set a run from step 0 gives; the cost it reports is the
+    whole run's. With lr_img decaying (the step then depends on the run's length) it starts from scratch."""
+    rows = {key: reproduce.Row(key, key, changes={"outer": outer, "inner": 2}) for key, outer in (("udd-s4", 2),
+                                                                                                 ("udd-s8", 4))}
+    for key, row in rows.items():
+        monkeypatch.setitem(ROW, key, row)
+    monkeypatch.setattr(reproduce, "BUDGET_ROWS", list(rows))
+    overrides = {**QUICK, "inner": 2}
+    kw = dict(overrides=overrides, protocols=["plain"], eval_overrides={**TINY_EVAL, "repeats": 1})
+    h = harness(tmp_path / "a", "cpu-quick", **kw)
+    made = h.run([1], ["udd", "udd-s4", "udd-s8"]).data["rows"]
+    assert made["ipc1/udd-s4"]["continued"]["from"] == "udd" and made["ipc1/udd-s8"]["continued"]["from"] == "udd-s4"
+    assert made["ipc1/udd-s8"]["continued"]["outer"] == 2
+    assert made["ipc1/udd-s8"]["distill_wall_s"] > made["ipc1/udd-s8"]["continued"]["distill_wall_s"] > 0
+    alone = harness(tmp_path / "b", "cpu-quick", **kw)
+    alone.run([1], ["udd-s8"])
+    assert "continued" not in alone.table.data["rows"]["ipc1/udd-s8"]
+    sets = [x.set_path(1, ROW["udd-s8"]) for x in (h, alone)]
+    from udd_fast.synset import SyntheticSet
+
+    assert torch.equal(*(SyntheticSet.load(p).images for p in sets))
+    history = [json.loads((p.parent / "history.json").read_text()) for p in sets]
+    assert [r["match"] for r in history[0]] == [r["match"] for r in history[1]] and len(history[0]) == 8
+    decayed = h.config(1, ROW["udd-s8"]).replace(lr_decay=(0.5,))
+    assert h.continue_shorter(1, ROW["udd-s8"], decayed, tmp_path / "c") is None

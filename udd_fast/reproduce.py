@@ -20,7 +20,9 @@ Studies (groups of rows; a row shared by two studies is run once):
   top of the tiles' IDC-style weight, against IDC-style with a step as large), the windows on the stored image
   at factor 1 with the networks trained on what was matched (S expanded by its windows, for UDD and for
   IDC-style alike), the policy (against P random windows), and CFC.
-- ``budget``: UDD and IDC-style at growing numbers of steps (the budget's own, then :data:`BUDGET_STEPS`).
+- ``budget``: UDD and IDC-style at growing numbers of steps (the budget's own, then :data:`BUDGET_STEPS`). A
+  longer run goes on from the final checkpoint of the same method's shorter one (:meth:`Harness.continue_shorter`),
+  so 300, 1,000 and 3,000 steps cost 3,000 steps per method, not 4,300.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from udd_fast import figures
+from udd_fast import checkpoint, figures
 from udd_fast.config import CPU_QUICK_NOTES, UDDConfig, preset
 from udd_fast.coreset import herding_coreset, real_network
 from udd_fast.cpu import cpu_model
@@ -363,17 +365,49 @@ class Harness:
         if path.exists() and made.exists() and init.exists():
             return SyntheticSet.load(path), SyntheticSet.load(init), json.loads(made.read_text())
         cfg = self.config(ipc, row)
-        distiller = Distiller(self.train, cfg, self.device, path.parent)
         resume = (path.parent / "checkpoint.pt").exists() or (path.parent / "checkpoint.prev.pt").exists()
+        continued = None if resume else self.continue_shorter(ipc, row, cfg, path.parent)
+        distiller = Distiller(self.train, cfg, self.device, path.parent)
         start = time.time()
-        syn = distiller.run(progress=self.progress, resume=resume)
+        syn = distiller.run(progress=self.progress, resume=resume or continued is not None)
         # the initialisation (herding trains a network) is part of the cost of a row
         seconds = sorted(h["seconds"] for h in distiller.history if "seconds" in h)
         info = {"distill_wall_s": time.time() - start, "resumed": resume, "config": json.loads(cfg.to_json()),
                 "step_s_median": seconds[len(seconds) // 2] if seconds else None,
                 "precision": distiller.precision, "precision_probe": distiller.probe, **distiller.memory}
+        if continued:  # the whole cost of the set: the shorter run's steps, then these
+            info.update(continued=continued, distill_wall_s=info["distill_wall_s"] + continued["distill_wall_s"])
         atomic_write(made, json.dumps(info))
         return syn, distiller.init_set, info
+
+    def continue_shorter(self, ipc: int, row: Row, cfg: UDDConfig, out_dir: Path) -> dict | None:
+        """A budget row starts where the longest finished run of its method with fewer steps ended (the base row,
+        or a shorter budget row), instead of from step 0: its final checkpoint is copied into ``out_dir``, with
+        this row's settings, and the run resumes there. That is the run an uninterrupted one would be, step for
+        step, because the two settings differ only in the number of outer iterations and lr_img does not decay
+        (nothing else depends on the run's length); with a decay it starts from scratch. Returns what it
+        continued (the row, its outer iterations, its distillation seconds), or None."""
+        if row.key not in BUDGET_ROWS or cfg.lr_decay:
+            return None
+        base = budget_base(row.key)
+        best = None
+        for key in [base] + [k for k in BUDGET_ROWS if budget_base(k) == base and k != row.key]:
+            shorter = self.config(ipc, ROW[key])
+            if shorter.outer >= cfg.outer or shorter.replace(outer=cfg.outer) != cfg:
+                continue
+            made = self.set_path(ipc, ROW[key]).parent / "made.json"
+            state = checkpoint.load(made.parent)
+            if state is None or state["outer"] != shorter.outer or not made.exists():
+                continue  # not finished
+            if best is None or shorter.outer > best[1]:
+                best = (key, shorter.outer, state, json.loads(made.read_text()))
+        if best is None:
+            return None
+        key, outer, state, made = best
+        checkpoint.save(out_dir, {**state, "config": cfg.to_json()})
+        if self.progress:
+            print(f"[ipc{ipc}/{row.key}] continues {key} from its {outer} outer iterations", flush=True)
+        return {"from": key, "outer": outer, "distill_wall_s": made.get("distill_wall_s", 0.0)}
 
     def window_figure_inputs(self, ipc: int, row: Row, per_class: int = 1, classes: int = 4):
         """For a few decoded images of ``row``'s set: the images, their activation maps and their chosen
