@@ -1,6 +1,5 @@
 import json
 import os
-import platform
 import re
 from pathlib import Path
 
@@ -22,13 +21,23 @@ def _device_name() -> str:
 
 
 def _meta() -> dict:
+    from udd_fast.cpu import cpu_model
+    from udd_fast.losses import bf16_units
+
     meta = {"device": _device_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine()}
+            "cpu": cpu_model(), "cpu_bf16_units": bf16_units("cpu")}
     if torch.cuda.is_available():
         import triton
 
         meta.update(cuda=torch.version.cuda, triton=triton.__version__)
     return meta
+
+
+def pytest_report_header(config):
+    """The machine every figure below comes from: CPU model, its bf16 units (AMX, AVX-512 BF16), threads."""
+    m = _meta()
+    return (f"udd_fast bench on {m['device']}: CPU {m['cpu']} (bf16 units: {', '.join(m['cpu_bf16_units']) or 'none'}), "
+            f"{m['threads']} threads, torch {m['torch']}")
 
 
 def _table(benchmarks) -> dict:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from test_bench_step import fmnist_like
-from timing import DEVICE, inner_step, sync
+from timing import DEVICE, conv_gemm_share, inner_step, sync
 from udd_fast import Distiller, ops, preset
 from udd_fast.cpu import keep_freed_memory
 
@@ -79,16 +79,23 @@ def test_step_against_peak(benchmark, conv_peak, name, precision):
 
 
 @pytest.mark.parametrize("precision", list(DTYPES))
-def test_step_profile(benchmark, precision, capsys):
-    """The cpu-quick step's 15 most expensive ops by self time (printed; the row times the profiled step)."""
+@pytest.mark.parametrize("name", ["cpu-quick", "idc"])
+def test_step_profile(benchmark, name, precision, capsys):
+    """The step's 15 most expensive ops by self time, and the share of its time outside convolution and GEMM
+    kernels (printed and recorded; the row times the profiled step)."""
     from torch.profiler import ProfilerActivity, profile
 
-    _, step = step_setup("cpu-quick", precision)
+    _, step = step_setup(name, precision)
     step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with profile(activities=activities) as p:
         benchmark.pedantic(step, rounds=1)
     key = "self_cuda_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
+    benchmark.group = f"step profile, fmnist ipc1 {DEVICE}"
+    outside = 1 - conv_gemm_share(p) if DEVICE == "cpu" else None
+    benchmark.extra_info.update(device=DEVICE, precision=precision, outside_conv_gemm=outside,
+                                ms_per_image=benchmark.stats.stats.mean * 1e3 / 10)
     with capsys.disabled():
-        print(f"\ncpu-quick step, {precision}, ops by self time:")
+        print(f"\n{name} step, {precision}, ops by self time"
+              + (f"; {100 * outside:.0f} % of it outside convolution and GEMM kernels:" if outside is not None else ":"))
         print(p.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40))

@@ -71,3 +71,14 @@ def inner_step(d, classes: int | None = None):
         sync()
 
     return step, (syn, net, opt, bank)
+
+
+def conv_gemm_share(prof) -> float:
+    """The share of a CPU profile's self time spent in convolution and matrix-multiply kernels (forward and
+    backward); the rest is the norm, activations, pooling outside GEMMs, elementwise ops and overhead."""
+    total = inside = 0.0
+    for e in prof.key_averages():
+        total += e.self_cpu_time_total
+        if "convolution" in e.key or e.key in ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"):
+            inside += e.self_cpu_time_total
+    return inside / total if total else 0.0

@@ -1,0 +1,63 @@
+"""What UDD's regions add to an inner step, against the IDC-style step of the same run.
+
+    pytest bench/test_bench_udd_cost.py --benchmark-only -s
+
+The `cpu-quick` preset at Fashion-MNIST and CIFAR-10 shapes (random pixels: the cost does not depend on the
+content), IPC=1 and IPC=10, in the precision ``auto`` takes on this machine; UDD is the preset (jitter policy,
+P=8 of 12 windows, crops in the synthetic batch, CFC), IDC-style the same with ``policy=None, cfc=False``.
+Each row is ms per stored synthetic image of one whole step (window mining, matching, network update); within
+a group the ratio of the two rows is UDD's extra cost. Printed beside it: the step's parts, and how many images
+the synthetic batch of a class holds (the crops multiply it by 1 + P at factor 1, 1 + P per tile at factor 2).
+"""
+import time
+
+import pytest
+
+from timing import DEVICE, inner_step, sync
+from udd_fast import Distiller, preset
+from udd_fast.estimate import shaped_like
+from udd_fast.losses import resolve_precision
+
+CASES = [("fashion-mnist", 1), ("fashion-mnist", 10), ("cifar10", 1), ("cifar10", 10)]
+METHODS = {"idc-style": {"regions": {"policy": None}, "cfc": False}, "udd": {}}
+
+
+def parts(d, syn, net, opt, bank) -> dict[str, float]:
+    """Seconds of each part of one step, in the loop's order."""
+    times = {}
+    sync()
+    t = time.perf_counter()
+    d.underutilized_windows(net, syn, 0)
+    sync()
+    times["windows"] = time.perf_counter() - t
+    t = time.perf_counter()
+    syn.grad = None
+    d.matching_gradient(net, syn, bank, 0)  # mines the windows again: matching = this minus windows
+    sync()
+    times["matching"] = time.perf_counter() - t - times["windows"]
+    t = time.perf_counter()
+    d.train_network(net, opt, syn)
+    sync()
+    times["update"] = time.perf_counter() - t
+    return times
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("dataset,ipc", CASES)
+def test_udd_step_against_idc_style(benchmark, dataset, ipc, method):
+    cfg = preset("cpu-quick", dataset, ipc).replace(**METHODS[method])
+    cfg = cfg.replace(precision=resolve_precision(cfg.precision, DEVICE))
+    d = Distiller(shaped_like(dataset, 100, DEVICE), cfg, DEVICE)
+    step, state = inner_step(d)
+    stored = d.num_classes * cfg.ipc
+    benchmark.group = f"UDD against IDC-style, cpu-quick {dataset} ipc{ipc} {DEVICE}"
+    benchmark.pedantic(step, rounds=1 if ipc > 1 and DEVICE == "cpu" else 2, warmup_rounds=1)
+    seconds = benchmark.stats.stats.mean
+    split = parts(d, *state)
+    per_class = cfg.ipc * cfg.factor ** 2 * (1 + (cfg.regions.p if cfg.regions.policy else 0))
+    benchmark.extra_info.update(device=DEVICE, precision=cfg.precision, ms_per_image=seconds * 1e3 / stored,
+                                step_s=seconds, synthetic_batch_per_class=per_class,
+                                **{f"{k}_s": v for k, v in split.items()})
+    print(f"\n{dataset} ipc{ipc} {method} ({cfg.precision}): step {seconds:.2f} s = "
+          f"{seconds * 1e3 / stored:.1f} ms per stored image; windows {split['windows']:.2f} s, matching "
+          f"{split['matching']:.2f} s, network update {split['update']:.2f} s; {per_class} synthetic images per class")
