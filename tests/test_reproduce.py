@@ -140,7 +140,8 @@ def test_budget_rows_give_the_gap_against_steps(tmp_path):
 
     rows = {"ipc1/udd": row("udd", 300, 30.0, 33.0), "ipc1/idc-style": row("idc-style", 300, 31.0, 32.5),
             "ipc1/udd-s1000": row("udd-s1000", 1000, 35.0, 36.0),
-            "ipc1/idc-style-s1000": row("idc-style-s1000", 1000, 34.5, 36.5), "ipc1/random": row("random", 0, 15, 15)}
+            "ipc1/idc-style-s1000": row("idc-style-s1000", 1000, 34.5, 36.5), "ipc1/random": row("random", 0, 15, 15),
+            "ipc1/udd-no-cfc": row("udd-no-cfc", 300, 28.0, 31.0)}
     points = reproduce.budget_points(rows, 1, ["plain", "dsa"])
     assert sorted((p["group"], p["steps"], p["mean"]) for p in points if p["group"].endswith("(plain)")) == [
         ("idc-style (plain)", 300, 31.0), ("idc-style (plain)", 1000, 34.5), ("udd (plain)", 300, 30.0),
@@ -150,6 +151,9 @@ def test_budget_rows_give_the_gap_against_steps(tmp_path):
                  "settings": {"overrides": {}, "protocols": protocols, "larger": None}})
     assert "### Budget, IPC=1: UDD against the IDC-style ablation at equal steps" in md
     assert "| 300 | -1.00 | +0.50 |" in md and "| 1000 | +0.50 | -0.50 |" in md
+    # each change against its control, under both protocols: a gain only where both differences exceed the noise
+    assert "| CFC | `udd` | `udd-no-cfc` | +2.00 ± 0.71 | +2.00 ± 0.57 | gain |" in md
+    assert "| the regions and CFC (UDD against IDC-style) | `udd` | `idc-style` | -1.00 ± 0.71 | +0.50 ± 0.57 | neither |" in md
     reproduce.figures.accuracy_vs_steps(points, tmp_path / "b.png", title="t")
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 

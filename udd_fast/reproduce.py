@@ -427,6 +427,25 @@ class Harness:
         return x.cpu(), maps.cpu(), windows[index].cpu(), policy.policy, [f"class {int(c)}" for c in y]
 
 
+#: (what changes, the row, its control): the rows of the hypotheses study read in pairs
+EFFECTS = [("the regions and CFC (UDD against IDC-style)", "udd", "idc-style"),
+           ("the crops on top of the tiles' weight, instead of sharing it", "udd-on-top", "udd"),
+           ("the crops on top, against a step as large without regions", "udd-on-top", "idc-style-lr1.2"),
+           ("the crops on top, against IDC-style", "udd-on-top", "idc-style"),
+           ("the policy's windows, against P random ones", "udd", "udd-random"),
+           ("CFC", "udd", "udd-no-cfc"),
+           ("the regions at factor 1 (windows of the stored image)", "udd-f1", "idc-style-f1"),
+           ("the regions at factor 1, networks trained on S and its windows", "udd-f1-expanded",
+            "idc-style-f1-expanded"),
+           ("factor 2 against factor 1, UDD", "udd", "udd-f1"),
+           ("factor 2 against factor 1, IDC-style", "idc-style", "idc-style-f1")]
+
+
+def _difference(a: dict | None, b: dict | None) -> tuple[float, float] | None:
+    """(mean of a - mean of b, the two stds combined), or None when either is missing."""
+    return (a["mean"] - b["mean"], (a["std"] ** 2 + b["std"] ** 2) ** 0.5) if a and b else None
+
+
 def budget_points(rows: dict, ipc: int, protocols) -> list[dict]:
     """Every row at ``ipc`` of a method that has budget rows, as points of accuracy against its steps, one
     group per (method, protocol)."""
@@ -529,13 +548,30 @@ def render(data: dict) -> str:
         by_steps = {}
         for p in budget_points(rows, ipc, names):
             by_steps.setdefault(p["steps"], {})[p["group"]] = p
-        if len({g for cells in by_steps.values() for g in cells}) > len(names):  # two methods or more
+        methods = [m for m in ("udd", "udd-on-top") if any(f"{m} ({n})" in c for c in by_steps.values() for n in names)]
+        if methods and any(f"idc-style ({n})" in c for c in by_steps.values() for n in names):
+            pairs = [(m, n) for m in methods for n in names]
             out += [f"### Budget, IPC={ipc}: UDD against the IDC-style ablation at equal steps", "",
-                    "| steps |" + "".join(f" UDD − IDC-style, `{n}` |" for n in names), "|---|" + "---|" * len(names)]
+                    "| steps |" + "".join(f" `{m}` − IDC-style, `{n}` |" for m, n in pairs), "|---|" + "---|" * len(pairs)]
             for steps, cells in sorted(by_steps.items()):
-                gaps = [(cells.get(f"udd ({n})"), cells.get(f"idc-style ({n})")) for n in names]
+                gaps = [(cells.get(f"{m} ({n})"), cells.get(f"idc-style ({n})")) for m, n in pairs]
                 out.append(f"| {steps} |" + "".join(f" {a['mean'] - b['mean']:+.2f} |" if a and b else " — |"
                                                     for a, b in gaps))
+            out += [""]
+        effects = [(what, a, b) for what, a, b in EFFECTS if a in mine and b in mine]
+        if effects:
+            out += [f"### What each change does, IPC={ipc}", "",
+                    "Each row's mean minus its control's, per protocol (± the two stds combined); a change counts as "
+                    "a gain only where it is above that under every protocol.", "",
+                    "| change | row | against |" + "".join(f" `{n}` |" for n in names) + " under every protocol |",
+                    "|---|---|---|" + "---|" * len(names) + "---|"]
+            for what, a, b in effects:
+                diffs = [_difference(mine[a]["eval"].get(n), mine[b]["eval"].get(n)) for n in names]
+                known = [d for d in diffs if d]
+                verdict = ("gain" if all(d[0] > d[1] for d in known) else "loss" if all(d[0] < -d[1] for d in known)
+                           else "neither") if len(known) == len(names) else "—"
+                out.append(f"| {what} | `{a}` | `{b}` |" + "".join(f" {d[0]:+.2f} ± {d[1]:.2f} |" if d else " — |"
+                                                                 for d in diffs) + f" {verdict} |")
             out += [""]
         arch = {k: r for k, r in mine.items() if "@" in k}
         if arch:
