@@ -136,7 +136,8 @@ def test_budget_rows_give_the_gap_against_steps(tmp_path):
         scores = {"plain": {"mean": plain, "std": 0.5}, "dsa": {"mean": dsa, "std": 0.4}}
         return {"ipc": 1, "label": key, "train_images": 40, "eval": scores, "init": scores, "mue": 0.9,
                 "gain": {"plain": 0, "dsa": 0}, "moved_px": 0.01, "eval_wall_s": 1.0, "distill_wall_s": 2.0,
-                "source": key, "config": {"outer": steps // 100, "inner": 100}}
+                "source": key, "config": {"outer": steps // 100, "inner": 100},
+                "step_s_median": 4.0 if key.startswith("udd") else 3.0}
 
     rows = {"ipc1/udd": row("udd", 300, 30.0, 33.0), "ipc1/idc-style": row("idc-style", 300, 31.0, 32.5),
             "ipc1/udd-s1000": row("udd-s1000", 1000, 35.0, 36.0),
@@ -154,8 +155,13 @@ def test_budget_rows_give_the_gap_against_steps(tmp_path):
     # each change against its control, under both protocols: a gain only where both differences exceed the noise
     assert "| CFC | `udd` | `udd-no-cfc` | +2.00 ± 0.71 | +2.00 ± 0.57 | gain |" in md
     assert "| the regions and CFC (UDD against IDC-style) | `udd` | `idc-style` | -1.00 ± 0.71 | +0.50 ± 0.57 | neither |" in md
+    # at equal wall time: UDD's 300 steps take 1/3 h, when IDC-style (3 s a step) is 1/7 of the way to 1,000 steps
+    assert "| `udd` | 300 | 0.33 | -1.50 | -0.07 |" in md and "| `udd` | 1000 | 1.11 | — | — |" in md
+    assert [p["hours"] for p in points if p["group"] == "udd (plain)"] == [pytest.approx(1 / 3), pytest.approx(10 / 9)]
     reproduce.figures.accuracy_vs_steps(points, tmp_path / "b.png", title="t")
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    reproduce.figures.accuracy_vs_hours(points, tmp_path / "h.png", title="t")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_paper_budget_on_cifar10_at_both_ipcs(tmp_path):

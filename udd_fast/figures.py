@@ -77,6 +77,12 @@ def accuracy_vs_steps(points: list[dict], path: str | os.PathLike, title: str = 
     _scatter(points, path, title, "steps", "distillation steps (inner steps in all)", join=True)
 
 
+def accuracy_vs_hours(points: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """:func:`accuracy_vs_steps` against the hours each run takes (``"hours"`` of each point)."""
+    _scatter(points, path, title, "hours", "distillation hours (steps x median step, on the table's machine)",
+             join=True)
+
+
 def _scatter(points: list[dict], path, title: str, x_key: str, xlabel: str, join: bool = False) -> None:
     if not points:
         raise UDDError("a figure needs at least one point")

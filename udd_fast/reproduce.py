@@ -283,6 +283,12 @@ class Harness:
                     "ablation under each protocol (mean ± std; the gap at each budget is in the table's Budget "
                     "section).", figures.accuracy_vs_steps, curves,
                     title=f"{self.dataset} IPC={ipc}: accuracy against steps")
+                timed = [c for c in curves if c.get("hours")]
+                if timed:
+                    add(f"budget-time-ipc{ipc}", f"IPC={ipc}: the same runs against the hours of distillation they "
+                        "take on the table's machine (steps x the median step), for the comparison at equal wall "
+                        "time.", figures.accuracy_vs_hours, timed,
+                        title=f"{self.dataset} IPC={ipc}: accuracy against distillation hours")
         udd, idc = ROW["udd"], ROW["idc-style"]
         for ipc in ipcs:
             if self.set_path(ipc, udd).exists() and self.set_path(ipc, idc).exists():
@@ -446,6 +452,16 @@ EFFECTS = [("the regions and CFC (UDD against IDC-style)", "udd", "idc-style"),
            ("factor 2 against factor 1, IDC-style", "idc-style", "idc-style-f1")]
 
 
+def _at_hours(points: list[dict], hours: float) -> float | None:
+    """The mean accuracy of one method's budget points at ``hours``, linearly interpolated between the two
+    points around it (None outside their range)."""
+    line = sorted((p["hours"], p["mean"]) for p in points)
+    for (h0, m0), (h1, m1) in zip(line, line[1:]):
+        if h0 <= hours <= h1:
+            return m0 + (m1 - m0) * (hours - h0) / (h1 - h0) if h1 > h0 else m0
+    return line[0][1] if len(line) == 1 and line[0][0] == hours else None
+
+
 def _difference(a: dict | None, b: dict | None) -> tuple[float, float] | None:
     """(mean of a - mean of b, the two stds combined), or None when either is missing."""
     return (a["mean"] - b["mean"], (a["std"] ** 2 + b["std"] ** 2) ** 0.5) if a and b else None
@@ -456,8 +472,11 @@ def budget_points(rows: dict, ipc: int, protocols) -> list[dict]:
     group per (method, protocol)."""
     mine = {k.split("/", 1)[1]: r for k, r in rows.items() if r["ipc"] == ipc}
     methods = {budget_base(k) for k in mine if k in BUDGET_ROWS}
-    return [{"label": f"{r['config']['outer'] * r['config']['inner']}", "mean": r["eval"][n]["mean"],
-             "std": r["eval"][n]["std"], "steps": r["config"]["outer"] * r["config"]["inner"],
+    def steps(r: dict) -> int:
+        return r["config"]["outer"] * r["config"]["inner"]
+
+    return [{"label": f"{steps(r)}", "mean": r["eval"][n]["mean"], "std": r["eval"][n]["std"], "steps": steps(r),
+             "hours": steps(r) * r["step_s_median"] / 3600 if r.get("step_s_median") else None,
              "group": f"{budget_base(k)} ({n})"}
             for k, r in mine.items() if budget_base(k) in methods and "config" in r for n in protocols if n in r["eval"]]
 
@@ -563,6 +582,22 @@ def render(data: dict) -> str:
                 out.append(f"| {steps} |" + "".join(f" {a['mean'] - b['mean']:+.2f} |" if a and b else " — |"
                                                     for a, b in gaps))
             out += [""]
+            timed = [p for p in budget_points(rows, ipc, names) if p["hours"]]
+            lines = []
+            for m in methods:
+                for steps in sorted({p["steps"] for p in timed if p["group"].startswith(f"{m} (")}):
+                    cells = []
+                    for n in names:
+                        a = next((p for p in timed if p["group"] == f"{m} ({n})" and p["steps"] == steps), None)
+                        b = _at_hours([p for p in timed if p["group"] == f"idc-style ({n})"], a["hours"]) if a else None
+                        cells.append(f" {a['mean'] - b:+.2f} |" if b is not None else " — |")
+                    hours = next(p["hours"] for p in timed if p["group"].startswith(f"{m} (") and p["steps"] == steps)
+                    lines.append(f"| `{m}` | {steps} | {hours:.2f} |" + "".join(cells))
+            if lines:
+                out += ["At equal wall time: each UDD run against IDC-style run for as long (its accuracy interpolated "
+                        "linearly between its budgets, in hours of the median step; — outside them).", "",
+                        "| method | steps | hours |" + "".join(f" − IDC-style at equal time, `{n}` |" for n in names),
+                        "|---|---|---|" + "---|" * len(names), *lines, ""]
         effects = [(what, a, b) for what, a, b in EFFECTS if a in mine and b in mine]
         if effects:
             out += [f"### What each change does, IPC={ipc}", "",
