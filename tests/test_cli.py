@@ -19,6 +19,8 @@ def run_cli(*args):
     (["distill", "--dataset", "imagenet", "--ipc", "1", "--out", "x"], "invalid choice"),
     (["distill", "--dataset", "fashion-mnist", "--ipc", "7000", "--out", "{tmp}"], "ipc=7000"),
     (["distill", "--dataset", "fashion-mnist", "--ipc", "1", "--lowest-p", "13", "--out", "{tmp}"], "P=13"),
+    (["distill", "--dataset", "fashion-mnist", "--ipc", "1", "--preset", "paper", "--crops-on-top", "--out", "{tmp}"],
+     "set crop_share"),
     (["evaluate", "{tmp}/missing.safetensors"], "no synthetic set"),
     (["evaluate", "{tmp}/missing.safetensors", "--protocols", "fancy"], "invalid choice"),
 ])
@@ -49,9 +51,10 @@ def test_distill_evaluate_show_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["distill", "--dataset", "mnist", "--ipc", "1", "--out", str(out), "--outer", "1", "--inner", "2",
                  "--width", "8", "--step", "batched", "--precision", "bf16", "--evaluate", "--baseline", "--epochs", "2",
-                 "--repeats", "2", "--quiet"]) == 0
+                 "--repeats", "2", "--crops-on-top", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["config"]["step"], metrics["config"]["precision"]) == ("batched", "bf16")
+    assert metrics["config"]["regions"]["crops_on_top"] and metrics["config"]["regions"]["crop_share"] == 0.2
     assert {"evaluation", "moved_px", "form", "distill_wall_s", "config"} <= set(metrics)
     assert set(metrics["evaluation"]) == {"plain", "dsa"}  # both protocols by default, each with the init beside
     for name, scored in metrics["evaluation"].items():

@@ -115,6 +115,8 @@ def cmd_distill(args) -> dict:
         changes.setdefault("regions", {})["p"] = args.lowest_p
     if args.crop_share is not None:
         changes.setdefault("regions", {})["crop_share"] = args.crop_share
+    if args.crops_on_top:
+        changes.setdefault("regions", {})["crops_on_top"] = True
     cfg = cfg.replace(**changes)
     distiller = Distiller(train, cfg, args.device, out, reprobe=args.precision_probe)
     syn = distiller.run(progress=not args.quiet, resume=args.resume)
@@ -308,6 +310,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--lowest-p", type=int, help="P: the lowest-scoring windows kept per image (of N=12)")
     d.add_argument("--crop-share", type=float, help="weight of an image's P crops, together, in the synthetic "
                                                     "batch's loss (default: the preset's)")
+    d.add_argument("--crops-on-top", action="store_true",
+                   help="each image keeps the weight it has without regions and its crops add --crop-share on top "
+                        "(instead of taking it from the image); on CIFAR-10 at 300 steps it scores higher under both "
+                        "protocols (README, Results)")
     d.add_argument("--no-cfc", action="store_true", help="drop the CFC loss")
     d.add_argument("--lr-img", type=float, help="image learning rate in pixel units, per class step (default: the "
                                                 "preset's, IDC's per dataset and IPC)")
