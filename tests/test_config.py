@@ -31,6 +31,11 @@ def test_presets_follow_idc_code_and_the_paper():
     quick = preset("cpu-quick", "fashion-mnist", 1)
     assert quick.lr_img == pytest.approx(3 * idc.lr_img) and quick.regions.crop_share == 0.2 and quick.width == 64
     assert (quick.step, quick.precision, paper.precision, idc.precision) == ("loop", "auto", "auto", "fp32")
+    # cpu-hour is cpu-quick run longer: at IPC=1 the same run continued (reproduce's 1,000-step rows)
+    for ipc, (outer, inner) in ((1, (10, 100)), (10, (4, 50))):
+        hour = preset("cpu-hour", "cifar10", ipc)
+        assert (hour.outer, hour.inner) == (outer, inner)
+        assert hour == preset("cpu-quick", "cifar10", ipc).replace(outer=outer, inner=inner)
 
 
 @pytest.mark.parametrize("changes, message", [
