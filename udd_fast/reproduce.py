@@ -84,7 +84,7 @@ BUDGETS = {
                         "where the CPU has it (same accuracy within noise: IDC's set under `plain`, 70.77 ± 0.37 fp32, "
                         "70.67 ± 0.43 bf16); 100 epochs and 2 networks from IPC=10 on.", {"precision": "auto"},
                         (10, {"epochs": 100, "repeats": 2})),
-    "cpu-hour": Budget("cpu-hour", "cpu-hour is cpu-quick run about an hour a row on 2 cores: 10 x 100 iterations "
+    "cpu-hour": Budget("cpu-hour", "cpu-hour is cpu-quick run about an hour a CIFAR-10 row on 2 cores: 10 x 100 iterations "
                        "at IPC=1 and 4 x 50 above. " + CPU_QUICK_NOTES + " Evaluation as cpu-quick's.",
                        {"precision": "auto"}, (10, {"epochs": 100, "repeats": 2})),
     "paper": Budget("paper", "The `paper` preset: the UDD paper where it speaks, IDC's public code where it is "
