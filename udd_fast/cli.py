@@ -304,8 +304,9 @@ def parser() -> argparse.ArgumentParser:
                                    "--data-root it is built or finished first")
     d.add_argument("--preset", choices=PRESETS, default="cpu-quick",
                    help="idc: IDC's condensation; paper: UDD on IDC's step (GPU); cpu-quick: "
-                        + CPU_QUICK_NOTES.replace("%", "%%") + " cpu-hour: cpu-quick run about an hour a CIFAR-10 run on 2 cores "
-                        "(10 x 100 iterations at IPC=1, 4 x 50 above)")
+                        + CPU_QUICK_NOTES.replace("%", "%%")
+                        + " cpu-hour: cpu-quick run about an hour a CIFAR-10 run on 2 cores (10 x 100 iterations at "
+                        "IPC=1, 4 x 50 above)")
     d.add_argument("--out", required=True, help="run directory")
     d.add_argument("--policy", choices=[*POLICIES, "none"], help="region policy ('none': IDC-style)")
     d.add_argument("--lowest-p", type=int, help="P: the lowest-scoring windows kept per image (of N=12)")

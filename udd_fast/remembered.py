@@ -8,8 +8,8 @@ directory (:func:`udd_fast.files.cache_dir`, ``precision/``), named by a hash of
 
 - the machine (:func:`machine`): the GPU or the CPU's model and bf16 units, the threads torch uses, the
   processes of the run, torch's version;
-- the work (``shape``, given by the caller): the network, the image shape, the batch sizes and what a step
-  computes.
+- the work, as the caller describes it in the key: the network, the image shape, the batch sizes and what a
+  step computes.
 
 A run that finds its file uses the choice without timing anything. ``reprobe`` (``--precision-probe``) times
 again and replaces it. A cache directory that cannot be written only costs the next run its probe.
