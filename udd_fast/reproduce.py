@@ -408,9 +408,9 @@ class Harness:
             if shorter.outer >= cfg.outer or shorter.replace(outer=cfg.outer) != cfg:
                 continue
             made = self.set_path(ipc, ROW[key]).parent / "made.json"
-            state = checkpoint.load(made.parent)
-            if state is None or state["outer"] != shorter.outer or not made.exists():
-                continue  # not finished
+            state = checkpoint.load(made.parent) if made.exists() else None  # made.json: the run finished
+            if state is None or state["outer"] != shorter.outer:
+                continue
             if best is None or shorter.outer > best[1]:
                 best = (key, shorter.outer, state, json.loads(made.read_text()))
         if best is None:
@@ -572,8 +572,8 @@ def render(data: dict) -> str:
                     verdict = "beats" if gap > 0 else "does not beat"
                     out += [f"UDD {verdict} the IDC-style ablation under `{n}` at this budget: {gap:+.2f} points "
                             f"(means; std {a['std']:.2f} and {b['std']:.2f}).", ""]
-        by_steps = {}
-        for p in budget_points(rows, ipc, names):
+        points, by_steps = budget_points(rows, ipc, names), {}
+        for p in points:
             by_steps.setdefault(p["steps"], {})[p["group"]] = p
         methods = [m for m in ("udd", "udd-on-top") if any(f"{m} ({n})" in c for c in by_steps.values() for n in names)]
         if methods and any(f"idc-style ({n})" in c for c in by_steps.values() for n in names):
@@ -585,7 +585,7 @@ def render(data: dict) -> str:
                 out.append(f"| {steps} |" + "".join(f" {a['mean'] - b['mean']:+.2f} |" if a and b else " — |"
                                                     for a, b in gaps))
             out += [""]
-            timed = [p for p in budget_points(rows, ipc, names) if p["hours"]]
+            timed = [p for p in points if p["hours"]]
             lines = []
             for m in methods:
                 for steps in sorted({p["steps"] for p in timed if p["group"].startswith(f"{m} (")}):
