@@ -61,6 +61,8 @@ def test_bad_region_settings_and_presets_give_one_line_errors():
         RegionConfig(m=0)
     with pytest.raises(UDDError, match="set crop_share"):
         RegionConfig(crops_on_top=True)
+    with pytest.raises(UDDError, match="crop_draw must be 'parent' or 'own'"):
+        RegionConfig(crop_draw="sibling")
 
 
 def test_settings_survive_json():

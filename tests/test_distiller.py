@@ -180,3 +180,51 @@ def test_auto_precision_keeps_the_faster_and_leaves_no_trace(monkeypatch, tmp_pa
         probed.clear()
         Distiller(tiny_data(), cfg.replace(precision="auto", width=16)).run(progress=False)  # another shape
         assert probed == ["fp32", "bf16"] * 3
+
+
+def _draw_values(draw: dict) -> list[torch.Tensor]:
+    return [t.float().flatten() for v in draw.values() for t in (v if isinstance(v, tuple) else (v,))
+            if torch.is_tensor(t)]
+
+
+@pytest.mark.parametrize("crop_draw", ["parent", "own"])
+def test_crops_pass_their_images_draw_or_their_own(crop_draw, monkeypatch):
+    """The real batch and the images always take the class's first draw, the same one as in the default run; the
+    crops take it too, or (``own``) a second draw of their own from the class's stream."""
+    cfg = fixed_net_config(ipc=2, factor=2, dsa="color_crop_cutout",
+                           regions=RegionConfig(policy="random", p=3, crop_draw=crop_draw))
+    default = Distiller(tiny_data(), cfg.replace(regions=RegionConfig(policy="random", p=3)))
+    default.seed()
+    _, parents = default.draw_real([0])
+    d = Distiller(tiny_data(), cfg)
+    d.seed()
+    _, draws = d.draw_real([0])
+    parent, crops = draws[0]
+    for a, b in zip(_draw_values(parent), _draw_values(parents[0][0])):
+        assert torch.equal(a, b)
+    assert (crops is parent) == (crop_draw == "parent")
+    applied = []
+    real_apply = d.dsa.apply
+    monkeypatch.setattr(d.dsa, "apply", lambda x, draw: applied.append(draw) or real_apply(x, draw))
+    d.seed()
+    syn = d.init_synthetic().requires_grad_(True)
+    net = d.new_network()
+    d.matching_gradient(net, syn, d.class_embeddings(net, syn), step=0)
+    n = 2 * 4  # each class's decoded images; then n * p crops
+    on_syn = applied[1]  # class 0: its real batch, then its synthetic batch
+    for got, first, second in zip(_draw_values(on_syn), _draw_values(parent), _draw_values(crops)):
+        assert got.shape[0] == n * 4
+        assert torch.equal(got[:n], first.expand(n)) and torch.equal(got[n:], second.expand(3 * n))
+    if crop_draw == "own":
+        assert any(not torch.equal(a, b) for a, b in zip(_draw_values(parent), _draw_values(crops)))
+
+
+def test_own_crop_draw_batched_equals_loop():
+    """The crops' own draw lands on the same samples in the vmapped step as in the per-class loop."""
+    cfg = fixed_net_config(ipc=2, factor=2, dsa="color_crop_cutout",
+                           regions=RegionConfig(policy="jitter", p=3, crop_draw="own"))
+    g_loop, t_loop, _ = one_step(cfg.replace(step="loop"))
+    g_batch, t_batch, _ = one_step(cfg.replace(step="batched"))
+    g_parent, _, _ = one_step(cfg.replace(step="loop", regions=RegionConfig(policy="jitter", p=3)))
+    assert rel(g_batch, g_loop) < 1e-4 and torch.allclose(t_batch, t_loop, rtol=1e-5)
+    assert rel(g_parent, g_loop) > 1e-3

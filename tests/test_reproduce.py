@@ -1,6 +1,7 @@
 """The experiment harness: the paper protocol end to end at toy size, resuming, refusing other settings."""
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -192,6 +193,8 @@ def test_hypothesis_and_budget_rows_change_what_they_say():
     assert on_top.regions.crops_on_top and on_top.regions.crop_share == 0.2
     assert Harness.config(h, 1, ROW["udd-random"]).regions.policy == "random"
     assert Harness.config(h, 1, ROW["udd-layer0"]).regions.layer == 0 and "udd-layer0" in STUDIES["hypotheses"]
+    own = Harness.config(h, 1, ROW["udd-on-top-own-draw"])
+    assert own.replace(regions=replace(own.regions, crop_draw="parent")) == on_top
     assert ROW["idc-style-f1-expanded"].source == "idc-style-f1" and ROW["idc-style-f1-expanded"].expand
     steps = {k: (Harness.config(h, 1, ROW[k]).outer, Harness.config(h, 1, ROW[k]).inner) for k in reproduce.BUDGET_ROWS}
     assert steps == {f"{k}-s{n}": (n // 100, 100) for k in ("udd", "udd-on-top", "idc-style") for n in (1000, 3000)}

@@ -1,9 +1,11 @@
 """Crash-safe checkpoints and --resume: a killed run, resumed, ends exactly like an uninterrupted one."""
+import json
 import random
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,19 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     Distiller(tiny_data(), config(outer=1), out_dir=tmp_path).run(progress=False)
     with pytest.raises(UDDError, match="other settings.*lr_img"):
         Distiller(tiny_data(), config(outer=1, lr_img=2.0), out_dir=tmp_path).run(progress=False, resume=True)
+
+
+def test_a_checkpoint_older_than_a_region_setting_resumes_as_its_default(tmp_path):
+    """A setting added to RegionConfig after a run was checkpointed counts as its default, as a top-level one does."""
+    from udd_fast import checkpoint
+
+    cfg = config(outer=1)
+    Distiller(tiny_data(), cfg, out_dir=tmp_path).run(progress=False)
+    state = checkpoint.load(tmp_path)
+    saved = json.loads(state["config"])
+    del saved["regions"]["crop_draw"]
+    checkpoint.save(tmp_path, {**state, "config": json.dumps(saved)})
+    Distiller(tiny_data(), cfg, out_dir=tmp_path).run(progress=False, resume=True)
+    own = cfg.replace(regions=replace(cfg.regions, crop_draw="own"))
+    with pytest.raises(UDDError, match="other settings.*regions"):
+        Distiller(tiny_data(), own, out_dir=tmp_path).run(progress=False, resume=True)

@@ -117,6 +117,8 @@ def cmd_distill(args) -> dict:
         changes.setdefault("regions", {})["crop_share"] = args.crop_share
     if args.crops_on_top:
         changes.setdefault("regions", {})["crops_on_top"] = True
+    if args.crop_draw is not None:
+        changes.setdefault("regions", {})["crop_draw"] = args.crop_draw
     cfg = cfg.replace(**changes)
     distiller = Distiller(train, cfg, args.device, out, reprobe=args.precision_probe)
     syn = distiller.run(progress=not args.quiet, resume=args.resume)
@@ -316,6 +318,9 @@ def parser() -> argparse.ArgumentParser:
                    help="each image keeps the weight it has without regions and its crops add --crop-share on top "
                         "(instead of taking it from the image); on CIFAR-10 at 300 steps it scores higher under both "
                         "protocols (README, Results)")
+    d.add_argument("--crop-draw", choices=("parent", "own"),
+                   help="the DSA draw the crops pass in matching: their image's, which the real batch gets too "
+                        "(default), or one of their own")
     d.add_argument("--no-cfc", action="store_true", help="drop the CFC loss")
     d.add_argument("--lr-img", type=float, help="image learning rate in pixel units, per class step (default: the "
                                                 "preset's, IDC's per dataset and IPC)")

@@ -346,12 +346,18 @@ class Distiller:
         return full
 
     def draw_real(self, classes: list[int]) -> tuple[dict, dict]:
-        """Each class's real batch and its Siamese DSA draw, from the class's own random stream (so the draws
-        do not depend on the step mode or on which process handles the class)."""
+        """Each class's real batch and its Siamese DSA draws (the images' and the crops'), from the class's own
+        random stream (so the draws do not depend on the step mode or on which process handles the class). The
+        crops pass their images' draw unless ``crop_draw="own"``; only then is a second one drawn, so the
+        default run's stream is unchanged."""
         reals, draws = {}, {}
+        own = self.cfg.regions.policy is not None and self.cfg.regions.crop_draw == "own"
         for c in classes:
             reals[c] = self.data.class_batch(c, self.cfg.batch_real, self.streams[c])
-            draws[c] = self.dsa.sample(1, reals[c].shape[-2:], self.device, siamese=True, generator=self.streams[c])
+            sample = partial(self.dsa.sample, 1, reals[c].shape[-2:], self.device, siamese=True,
+                             generator=self.streams[c])
+            parent = sample()
+            draws[c] = parent, sample() if own else parent
         return reals, draws
 
     def class_losses(self, net, params, syn, index, reals, draws, classes: list[int], bank):
@@ -367,9 +373,11 @@ class Distiller:
         if index is not None:
             x_syn = training_batch(x_syn, self.windows, index[cls].flatten(0, 1), g)
         x_real = torch.cat([reals[c] for c in classes])
-        draw = [draws[c] for c in classes]
-        x_real = self.dsa.apply(norm(x_real), DSA.repeat(draw, x_real.shape[0] // g)).unflatten(0, (g, -1))
-        x_syn = self.dsa.apply(norm(x_syn), DSA.repeat(draw, x_syn.shape[0] // g)).unflatten(0, (g, -1))
+        x_real = self.dsa.apply(norm(x_real), DSA.repeat([draws[c][0] for c in classes], x_real.shape[0] // g))
+        x_real = x_real.unflatten(0, (g, -1))
+        # each class's synthetic batch is its n images then their n * p crops: p + 1 blocks of n
+        blocks = [d for c in classes for d in (draws[c][0], *[draws[c][1]] * p)]
+        x_syn = self.dsa.apply(norm(x_syn), DSA.repeat(blocks, x_syn.shape[0] // (g * (p + 1)))).unflatten(0, (g, -1))
         y_real = cls[:, None].expand(x_real.shape[:2])
         y_syn = cls[:, None].expand(x_syn.shape[:2])
         fn = partial(grad_match, net, params, self.matched, metric=cfg.metric, precision=self.precision)
@@ -538,7 +546,8 @@ class Distiller:
     def restore(self, state: dict, opt: ClassSGD) -> int:
         """Load a checkpoint's momentum, random streams and history; returns the next outer index."""
         # a setting the checkpoint predates counts as its default, which is what that run used
-        saved = {**json.loads(UDDConfig().to_json()), **json.loads(state["config"])}
+        default, saved = json.loads(UDDConfig().to_json()), json.loads(state["config"])
+        saved = {**default, **saved, "regions": {**default["regions"], **saved.get("regions", {})}}
         now = json.loads(self.cfg.to_json())
         changed = sorted(k for k in now if k != "checkpoint_every" and saved.get(k) != now[k])
         if changed:

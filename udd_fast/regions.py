@@ -45,6 +45,8 @@ class RegionConfig:
                                           # None: every image of the batch weighs the same (crops: P / (P + 1))
     crops_on_top: bool = False            # True: each image keeps the weight it has without regions and its crops
                                           # add crop_share on top (the batch then weighs 1 + crop_share)
+    crop_draw: str = "parent"             # "parent": a crop passes its image's DSA draw (the one the real batch
+                                          # gets); "own": a class's crops take a second draw of their own
 
     def __post_init__(self):
         n = 4 * len(self.groups)
@@ -57,6 +59,8 @@ class RegionConfig:
             raise UDDError(f"the jitter policy needs M >= 1 jittered copies, got {self.m}")
         if self.crop_share is not None and not 0 <= self.crop_share < 1:
             raise UDDError(f"crop_share must be in [0, 1), got {self.crop_share}")
+        if self.crop_draw not in ("parent", "own"):
+            raise UDDError(f"crop_draw must be 'parent' or 'own', got {self.crop_draw!r}")
         if self.crops_on_top and self.crop_share is None:
             raise UDDError("crops_on_top adds the crops' weight crop_share on top of each image's: set crop_share")
 
