@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from udd_fast import reproduce
+from udd_fast import Distiller, reproduce
 from udd_fast.cli import main
 from udd_fast.data import load_dataset
 from udd_fast.errors import UDDError
@@ -96,6 +96,22 @@ def test_resumes_instead_of_recomputing(tmp_path, monkeypatch):
     with pytest.raises(UDDError, match="other settings"):
         harness(tmp_path, "cpu-quick", overrides=QUICK, eval_overrides={**TINY_EVAL, "repeats": 1},
                 protocols=["plain", "idc"])
+
+
+def test_a_resumed_row_counts_the_steps_before_its_interruption(tmp_path, monkeypatch):
+    """A row cut short and resumed reports what its set cost in all: this process's time and the steps timed in
+    the checkpoint's history."""
+    kw = dict(overrides={**QUICK, "outer": 2}, protocols=["plain"], eval_overrides={**TINY_EVAL, "repeats": 1})
+    h = harness(tmp_path, "cpu-quick", **kw)
+    path = h.set_path(1, ROW["idc-style"])
+    Distiller(h.train, h.config(1, ROW["idc-style"]), "cpu", path.parent).run(progress=False)
+    path.unlink()  # the set is gone, its final checkpoint is left: the row resumes after its last step
+    history = json.loads((path.parent / "history.json").read_text())
+    before = sum(r["seconds"] for r in history)
+    monkeypatch.setattr(reproduce.time, "time", lambda: 0.0)  # this process adds nothing measurable
+    made = h.run([1], ["idc-style"]).data["rows"]["ipc1/idc-style"]
+    assert made["resumed"] and len(history) == 4 and before > 0
+    assert made["distill_wall_s"] == pytest.approx(before)
 
 
 def test_studies_and_errors(tmp_path):

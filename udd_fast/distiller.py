@@ -123,6 +123,7 @@ class Distiller:
         self.own_index = torch.tensor(self.classes, device=self.device)
         self.group_index = {tuple(g): torch.tensor(g, device=self.device) for g in self.class_groups()}
         self.history: list[dict] = []
+        self.restored_steps = 0               # entries of the history that came from a checkpoint
         self.saved_outer: int | None = None  # the outer iteration of the newest checkpoint on disk
         # the network passes' precision; "auto" is settled by timing in start() (choose_precision)
         self.precision, self.probe = config.precision, None
@@ -561,4 +562,5 @@ class Distiller:
         for g, s in zip(self.streams, state["streams"]):
             g.set_state(s.clone())  # a row view of the stack crashes set_state (it ignores the storage offset)
         self.history = json.loads(state["history"])
+        self.restored_steps = len(self.history)
         return state["outer"]

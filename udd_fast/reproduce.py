@@ -391,6 +391,8 @@ class Harness:
                 "precision": distiller.precision, "precision_probe": distiller.probe, **distiller.memory}
         if continued:  # the whole cost of the set: the shorter run's steps, then these
             info.update(continued=continued, distill_wall_s=info["distill_wall_s"] + continued["distill_wall_s"])
+        elif resume:  # and the steps before the interruption (a continued run's too), as its history timed them
+            info["distill_wall_s"] += sum(h["seconds"] for h in distiller.history[:distiller.restored_steps])
         atomic_write(made, json.dumps(info))
         return syn, distiller.init_set, info
 
