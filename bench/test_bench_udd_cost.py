@@ -4,7 +4,8 @@
 
 The `cpu-quick` preset at Fashion-MNIST and CIFAR-10 shapes (random pixels: the cost does not depend on the
 content), IPC=1 and IPC=10, in the precision ``auto`` takes on this machine; UDD is the preset (jitter policy,
-P=8 of 12 windows, crops in the synthetic batch, CFC), IDC-style the same with ``policy=None, cfc=False``.
+P=8 of 12 windows, crops in the synthetic batch, CFC), IDC-style the same with ``policy=None, cfc=False``, and
+UDD with ``crop_sample=0.1`` (a tenth of the chosen crops in each step's batch).
 Each row is ms per stored synthetic image of one whole step (window mining, matching, network update); within
 a group the ratio of the two rows is UDD's extra cost. Printed beside it: the step's parts, and how many images
 the synthetic batch of a class holds (the crops multiply it by 1 + P at factor 1, 1 + P per tile at factor 2).
@@ -17,9 +18,12 @@ from timing import DEVICE, inner_step, sync
 from udd_fast import Distiller, preset
 from udd_fast.estimate import shaped_like
 from udd_fast.losses import resolve_precision
+from udd_fast.regions import crops_kept
 
 CASES = [("fashion-mnist", 1), ("fashion-mnist", 10), ("cifar10", 1), ("cifar10", 10)]
-METHODS = {"idc-style": {"regions": {"policy": None}, "cfc": False}, "udd": {}}
+METHODS = {"idc-style": {"regions": {"policy": None}, "cfc": False}, "udd": {},
+           # a tenth of each class's chosen crops per step, drawn at random and weighted up (crop_sample)
+           "udd-crop-sample-0.1": {"regions": {"crop_sample": 0.1}}}
 
 
 def parts(d, syn, net, opt, bank) -> dict[str, float]:
@@ -54,7 +58,8 @@ def test_udd_step_against_idc_style(benchmark, dataset, ipc, method):
     benchmark.pedantic(step, rounds=1 if ipc > 1 and DEVICE == "cpu" else 2, warmup_rounds=1)
     seconds = benchmark.stats.stats.mean
     split = parts(d, *state)
-    per_class = cfg.ipc * cfg.factor ** 2 * (1 + (cfg.regions.p if cfg.regions.policy else 0))
+    n = cfg.ipc * cfg.factor ** 2
+    per_class = n + (crops_kept(n, cfg.regions.p, cfg.regions.crop_sample) if cfg.regions.policy else 0)
     benchmark.extra_info.update(device=DEVICE, precision=cfg.precision, ms_per_image=seconds * 1e3 / stored,
                                 step_s=seconds, synthetic_batch_per_class=per_class,
                                 **{f"{k}_s": v for k, v in split.items()})

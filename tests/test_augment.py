@@ -47,6 +47,9 @@ def test_repeat_joins_per_class_draws():
     draws = [dsa.sample(1, (16, 16), siamese=True) for _ in range(3)]
     each = torch.cat([dsa.apply(x[2 * i:2 * i + 2], d) for i, d in enumerate(draws)])
     assert torch.allclose(dsa.apply(x, DSA.repeat(draws, 2)), each, atol=1e-6)
+    # counts per draw: the same draws over 1, 3 and 2 samples
+    uneven = torch.cat([dsa.apply(x[a:b], d) for (a, b), d in zip([(0, 1), (1, 4), (4, 6)], draws)])
+    assert torch.allclose(dsa.apply(x, DSA.repeat(draws, [1, 3, 2])), uneven, atol=1e-6)
     single = DSA("color_crop", mode="single")
     mixed = [single.sample(1, (16, 16), siamese=True) for _ in range(20)]
     with pytest.raises(ValueError, match="different transforms"):

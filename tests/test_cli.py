@@ -51,11 +51,11 @@ def test_distill_evaluate_show_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["distill", "--dataset", "mnist", "--ipc", "1", "--out", str(out), "--outer", "1", "--inner", "2",
                  "--width", "8", "--step", "batched", "--precision", "bf16", "--evaluate", "--baseline", "--epochs", "2",
-                 "--repeats", "2", "--crops-on-top", "--crop-draw", "own", "--quiet"]) == 0
+                 "--repeats", "2", "--crops-on-top", "--crop-draw", "own", "--crop-sample", "0.5", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["config"]["step"], metrics["config"]["precision"]) == ("batched", "bf16")
     assert metrics["config"]["regions"]["crops_on_top"] and metrics["config"]["regions"]["crop_share"] == 0.2
-    assert metrics["config"]["regions"]["crop_draw"] == "own"
+    assert metrics["config"]["regions"]["crop_draw"] == "own" and metrics["config"]["regions"]["crop_sample"] == 0.5
     assert {"evaluation", "moved_px", "form", "distill_wall_s", "config"} <= set(metrics)
     assert set(metrics["evaluation"]) == {"plain", "dsa"}  # both protocols by default, each with the init beside
     for name, scored in metrics["evaluation"].items():

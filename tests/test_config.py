@@ -63,6 +63,9 @@ def test_bad_region_settings_and_presets_give_one_line_errors():
         RegionConfig(crops_on_top=True)
     with pytest.raises(UDDError, match="crop_draw must be 'parent' or 'own'"):
         RegionConfig(crop_draw="sibling")
+    for share in (0, 1.5):
+        with pytest.raises(UDDError, match="crop_sample is the share"):
+            RegionConfig(crop_sample=share)
 
 
 def test_settings_survive_json():

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -199,7 +200,8 @@ def test_crops_pass_their_images_draw_or_their_own(crop_draw, monkeypatch):
     d = Distiller(tiny_data(), cfg)
     d.seed()
     _, draws = d.draw_real([0])
-    parent, crops = draws[0]
+    parent, crops, pick = draws[0]
+    assert pick is None  # every chosen crop enters the batch unless crop_sample < 1
     for a, b in zip(_draw_values(parent), _draw_values(parents[0][0])):
         assert torch.equal(a, b)
     assert (crops is parent) == (crop_draw == "parent")
@@ -228,3 +230,19 @@ def test_own_crop_draw_batched_equals_loop():
     g_parent, _, _ = one_step(cfg.replace(step="loop", regions=RegionConfig(policy="jitter", p=3)))
     assert rel(g_batch, g_loop) < 1e-4 and torch.allclose(t_batch, t_loop, rtol=1e-5)
     assert rel(g_parent, g_loop) > 1e-3
+
+
+def test_sampled_crops_batched_equals_loop():
+    """Under crop_sample each class draws which crops enter its batch from its own stream: the vmapped step and
+    the per-class loop pick the same ones; the step differs from the one with every crop."""
+    cfg = fixed_net_config(ipc=2, factor=2, dsa="color_crop_cutout",
+                           regions=RegionConfig(policy="jitter", p=3, crop_share=0.2, crop_sample=0.25))
+    g_loop, t_loop, _ = one_step(cfg.replace(step="loop"))
+    g_batch, t_batch, _ = one_step(cfg.replace(step="batched"))
+    g_all, _, _ = one_step(cfg.replace(step="loop", regions=replace(cfg.regions, crop_sample=1.0)))
+    assert rel(g_batch, g_loop) < 1e-4 and torch.allclose(t_batch, t_loop, rtol=1e-5)
+    assert rel(g_all, g_loop) > 1e-3
+    d = Distiller(tiny_data(), cfg)
+    d.seed()
+    _, draws = d.draw_real([0, 1])
+    assert all(draws[c][2].shape == (6,) and len(set(draws[c][2].tolist())) == 6 for c in (0, 1))  # 6 of 8 * 3

@@ -57,6 +57,11 @@ def test_batch_weights():
     # on top: each image keeps its weight without regions (1/2), its crops add 0.5 of it
     torch.testing.assert_close(batch_weights(2, 3, 0.5, on_top=True), torch.tensor([0.5, 0.5] + [0.5 / 6] * 6))
     torch.testing.assert_close(batch_weights(2, 3, 0.5, on_top=True)[:2], batch_weights(2, 0, 0.5))
+    # 2 of the 6 crops in the batch: the images keep their weights, the crops' share is spread over the 2
+    torch.testing.assert_close(batch_weights(2, 3, 0.5, crops=2), torch.tensor([0.25, 0.25, 0.25, 0.25]))
+    torch.testing.assert_close(batch_weights(2, 3, 0.5, on_top=True, crops=2), torch.tensor([0.5, 0.5, 0.25, 0.25]))
+    torch.testing.assert_close(batch_weights(2, 3, None, crops=2), torch.tensor([1 / 8, 1 / 8, 3 / 8, 3 / 8]))
+    torch.testing.assert_close(batch_weights(2, 3, 0.5, crops=6), batch_weights(2, 3, 0.5))
 
 
 def test_cfc_loss_by_hand():

@@ -8,8 +8,8 @@ from udd_fast import ops
 from udd_fast.errors import UDDError
 from udd_fast.formation import decode, mix_init, tile_bounds
 from udd_fast.models import ConvNet
-from udd_fast.regions import (RegionConfig, candidate_windows, check_image_size, jitter_seed, ranks,
-                              select_windows, training_batch)
+from udd_fast.regions import (RegionConfig, batch_weights, candidate_windows, check_image_size, crops_kept,
+                              jitter_seed, ranks, select_windows, training_batch)
 
 
 class ThresholdNet(nn.Module):
@@ -103,6 +103,43 @@ def test_training_batch_is_source_then_crops_and_differentiable():
     torch.testing.assert_close(out[2:], ops.crop_resize(s, candidate_windows(), idx))
     out.sum().backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_picked_crops_are_those_rows_of_the_whole_batch():
+    """``pick`` keeps k of each group's n * P crops: the same rows the whole batch holds, and only those."""
+    s = torch.rand(6, 1, 12, 12, requires_grad=True)  # 2 groups of 3 images, P = 2
+    idx = torch.tensor([[0, 7], [11, 2], [4, 5], [1, 3], [8, 9], [10, 6]])
+    whole = training_batch(s, candidate_windows(), idx, groups=2).unflatten(0, (2, -1))  # each: 3 images, 6 crops
+    pick = torch.tensor([[5, 0], [2, 3]])
+    out = training_batch(s, candidate_windows(), idx, groups=2, pick=pick).unflatten(0, (2, -1))
+    assert out.shape == (2, 5, 1, 12, 12)
+    for g in range(2):
+        torch.testing.assert_close(out[g, :3], whole[g, :3])
+        torch.testing.assert_close(out[g, 3:], whole[g, 3 + pick[g]])
+    out.sum().backward()
+    # image 1 of group 0 has no picked crop, so its gradient is its own pixels' alone
+    assert torch.equal(s.grad[1], torch.ones_like(s.grad[1])) and not torch.equal(s.grad[2], torch.ones_like(s.grad[2]))
+
+
+def test_sampled_crops_estimate_the_whole_batch_without_bias():
+    """Averaged over every pick of k crops, the weighted loss of the sampled batch is the whole batch's (for a
+    loss linear in the samples' terms), for each weighting."""
+    from itertools import combinations
+
+    torch.manual_seed(0)
+    s, idx, coef = torch.rand(3, 1, 12, 12), torch.tensor([[0, 7], [11, 2], [4, 5]]), torch.randn(1, 12, 12)
+    n, p, k = 3, 2, 2
+
+    def loss(weights, batch):
+        return (weights * (batch * coef).sum((1, 2, 3))).sum()
+
+    for share, on_top in ((0.2, False), (0.2, True), (None, False)):
+        whole = loss(batch_weights(n, p, share, on_top), training_batch(s, candidate_windows(), idx))
+        picks = list(combinations(range(n * p), k))
+        mean = sum(loss(batch_weights(n, p, share, on_top, crops=k),
+                        training_batch(s, candidate_windows(), idx, pick=torch.tensor([c]))) for c in picks) / len(picks)
+        torch.testing.assert_close(mean, whole)
+        assert crops_kept(n, p, 1.0) == n * p and crops_kept(n, p, 0.3) == 2 and crops_kept(n, p, 0.01) == 1
 
 
 def test_decode_factor_two_by_hand():

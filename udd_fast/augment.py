@@ -100,14 +100,16 @@ class DSA:
         return x
 
     @staticmethod
-    def repeat(draws: list[dict], n: int) -> dict:
-        """Join single draws into one per-sample draw in which draw ``i`` covers samples ``i*n .. i*n+n-1``:
-        every class's batch augmented by its own draw in one :meth:`apply`."""
+    def repeat(draws: list[dict], n: int | list[int]) -> dict:
+        """Join single draws into one per-sample draw in which draw ``i`` covers samples ``i*n .. i*n+n-1``
+        (or, with ``n`` a list, the next ``n[i]`` samples): every class's batch augmented by its own draw in one
+        :meth:`apply`."""
         if any(d.keys() != draws[0].keys() for d in draws):
             raise ValueError("draws with different transforms cannot be joined (use mode='all')")
 
         def join(parts):
-            return torch.cat(parts).repeat_interleave(n)
+            joined = torch.cat(parts)
+            return joined.repeat_interleave(n if isinstance(n, int) else torch.tensor(n, device=joined.device))
 
         out = {}
         for name, first in draws[0].items():

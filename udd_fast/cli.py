@@ -119,6 +119,8 @@ def cmd_distill(args) -> dict:
         changes.setdefault("regions", {})["crops_on_top"] = True
     if args.crop_draw is not None:
         changes.setdefault("regions", {})["crop_draw"] = args.crop_draw
+    if args.crop_sample is not None:
+        changes.setdefault("regions", {})["crop_sample"] = args.crop_sample
     cfg = cfg.replace(**changes)
     distiller = Distiller(train, cfg, args.device, out, reprobe=args.precision_probe)
     syn = distiller.run(progress=not args.quiet, resume=args.resume)
@@ -321,6 +323,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--crop-draw", choices=("parent", "own"),
                    help="the DSA draw the crops pass in matching: their image's, which the real batch gets too "
                         "(default), or one of their own")
+    d.add_argument("--crop-sample", type=float,
+                   help="share of each class's chosen crops in a step's batch, drawn at random and weighted up so "
+                        "the loss is an unbiased estimate of the whole batch's (default 1: all, as the paper); the "
+                        "crops' cost shrinks with it")
     d.add_argument("--no-cfc", action="store_true", help="drop the CFC loss")
     d.add_argument("--lr-img", type=float, help="image learning rate in pixel units, per class step (default: the "
                                                 "preset's, IDC's per dataset and IPC)")

@@ -7,6 +7,7 @@
             windows <- P most underutilized windows of every S_c under theta   (regions.select_windows)
             for each class c (or all classes at once: step="batched"):
                 S_c_train <- [S_c ; crop_resize(S_c, windows)]                 (regions.training_batch)
+                             (crop_sample < 1: a random share of the crops, weighted up)
                 L <- grad_match(theta; DSA(R_c), DSA(S_c_train)) + lambda CFC   (losses)
                 S_c <- S_c - lr dL/dS_c   (SGD, momentum 0.5, one buffer over S)  (image_step)
             theta <- theta - eta grad CE(theta; real mini-batches)
@@ -69,8 +70,8 @@ from udd_fast.losses import (PRECISIONS, autocast, best_seconds, bf16_is_fast, b
                              grad_match, matched_names, real_gradients, soft_cross_entropy)
 from udd_fast.metrics import peak_memory
 from udd_fast.models import build_model, network_optimizer
-from udd_fast.regions import (batch_weights, candidate_windows, check_image_size, jitter_seed, select_windows,
-                             training_batch)
+from udd_fast.regions import (batch_weights, candidate_windows, check_image_size, crops_kept, jitter_seed,
+                             select_windows, training_batch)
 from udd_fast.synset import SyntheticSet
 
 
@@ -347,18 +348,26 @@ class Distiller:
         return full
 
     def draw_real(self, classes: list[int]) -> tuple[dict, dict]:
-        """Each class's real batch and its Siamese DSA draws (the images' and the crops'), from the class's own
-        random stream (so the draws do not depend on the step mode or on which process handles the class). The
-        crops pass their images' draw unless ``crop_draw="own"``; only then is a second one drawn, so the
-        default run's stream is unchanged."""
+        """Each class's real batch, its Siamese DSA draws (the images' and the crops') and, under
+        ``crop_sample`` < 1, which of its chosen crops enter the batch; all from the class's own random stream
+        (so they do not depend on the step mode or on which process handles the class). The crops pass their
+        images' draw unless ``crop_draw="own"``; a second draw and a pick are drawn only when asked for, so
+        the default run's stream is unchanged."""
+        regions = self.cfg.regions
+        own = regions.policy is not None and regions.crop_draw == "own"
+        chosen = self.cfg.ipc * self.cfg.factor ** 2 * regions.p  # a class's n * P chosen crops
+        kept = crops_kept(self.cfg.ipc * self.cfg.factor ** 2, regions.p, regions.crop_sample)
         reals, draws = {}, {}
-        own = self.cfg.regions.policy is not None and self.cfg.regions.crop_draw == "own"
         for c in classes:
             reals[c] = self.data.class_batch(c, self.cfg.batch_real, self.streams[c])
             sample = partial(self.dsa.sample, 1, reals[c].shape[-2:], self.device, siamese=True,
                              generator=self.streams[c])
             parent = sample()
-            draws[c] = parent, sample() if own else parent
+            crops = sample() if own else parent
+            pick = None
+            if regions.policy is not None and kept < chosen:
+                pick = torch.randperm(chosen, generator=self.streams[c])[:kept].to(self.device)
+            draws[c] = parent, crops, pick
         return reals, draws
 
     def class_losses(self, net, params, syn, index, reals, draws, classes: list[int], bank):
@@ -369,16 +378,18 @@ class Distiller:
         cls = self.group_index[tuple(classes)]
         s = syn.unflatten(0, (self.num_classes, cfg.ipc))[cls].flatten(0, 1)
         x_syn = decode(s, cfg.factor)
-        p = 0 if index is None else cfg.regions.p
-        w_syn = batch_weights(x_syn.shape[0] // g, p, cfg.regions.crop_share, cfg.regions.crops_on_top).to(self.device).expand(g, -1)
+        n, p = x_syn.shape[0] // g, 0 if index is None else cfg.regions.p
+        pick = None if p == 0 or draws[classes[0]][2] is None else torch.stack([draws[c][2] for c in classes])
+        k = n * p if pick is None else pick.shape[1]  # the crops in each class's batch
+        w_syn = batch_weights(n, p, cfg.regions.crop_share, cfg.regions.crops_on_top, k).to(self.device).expand(g, -1)
         if index is not None:
-            x_syn = training_batch(x_syn, self.windows, index[cls].flatten(0, 1), g)
+            x_syn = training_batch(x_syn, self.windows, index[cls].flatten(0, 1), g, pick)
         x_real = torch.cat([reals[c] for c in classes])
         x_real = self.dsa.apply(norm(x_real), DSA.repeat([draws[c][0] for c in classes], x_real.shape[0] // g))
         x_real = x_real.unflatten(0, (g, -1))
-        # each class's synthetic batch is its n images then their n * p crops: p + 1 blocks of n
-        blocks = [d for c in classes for d in (draws[c][0], *[draws[c][1]] * p)]
-        x_syn = self.dsa.apply(norm(x_syn), DSA.repeat(blocks, x_syn.shape[0] // (g * (p + 1)))).unflatten(0, (g, -1))
+        # each class's synthetic batch is its n images (the images' draw) then its k crops (the crops' draw)
+        blocks = [d for c in classes for d in draws[c][:2]]
+        x_syn = self.dsa.apply(norm(x_syn), DSA.repeat(blocks, [n, k] * g)).unflatten(0, (g, -1))
         y_real = cls[:, None].expand(x_real.shape[:2])
         y_syn = cls[:, None].expand(x_syn.shape[:2])
         fn = partial(grad_match, net, params, self.matched, metric=cfg.metric, precision=self.precision)

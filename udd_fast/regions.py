@@ -47,6 +47,9 @@ class RegionConfig:
                                           # add crop_share on top (the batch then weighs 1 + crop_share)
     crop_draw: str = "parent"             # "parent": a crop passes its image's DSA draw (the one the real batch
                                           # gets); "own": a class's crops take a second draw of their own
+    crop_sample: float = 1.0              # share of a class's n * P chosen crops in one step's batch, drawn at
+                                          # random and weighted up so each crop's expected weight is unchanged:
+                                          # below 1 the crops' cost shrinks with it (1: all, the paper's batch)
 
     def __post_init__(self):
         n = 4 * len(self.groups)
@@ -61,6 +64,9 @@ class RegionConfig:
             raise UDDError(f"crop_share must be in [0, 1), got {self.crop_share}")
         if self.crop_draw not in ("parent", "own"):
             raise UDDError(f"crop_draw must be 'parent' or 'own', got {self.crop_draw!r}")
+        if not 0 < self.crop_sample <= 1:
+            raise UDDError(f"crop_sample is the share of the chosen crops in a step's batch, in (0, 1], "
+                           f"got {self.crop_sample}")
         if self.crops_on_top and self.crop_share is None:
             raise UDDError("crops_on_top adds the crops' weight crop_share on top of each image's: set crop_share")
 
@@ -151,24 +157,45 @@ def select_windows(net, x: torch.Tensor, y: torch.Tensor, windows: torch.Tensor,
     return ops.lowest_p(score, cfg.p) if lowest is None else lowest
 
 
-def batch_weights(images: int, p: int, crop_share: float | None, on_top: bool = False) -> torch.Tensor:
+def crops_kept(images: int, p: int, crop_sample: float) -> int:
+    """How many of the ``images * p`` chosen crops of a class enter one step's batch (at least one)."""
+    return images * p if crop_sample == 1 else max(1, round(crop_sample * images * p))
+
+
+def batch_weights(images: int, p: int, crop_share: float | None, on_top: bool = False,
+                  crops: int | None = None) -> torch.Tensor:
     """Loss weights of one training batch ``[images ; their P crops each]``, summing to 1: the crops of an
     image share ``crop_share`` of its weight (``None``: every entry the same, a plain batch mean). With
     ``on_top`` each image keeps ``1 / images``, its weight without regions, and its crops add ``crop_share``
-    of it (the weights sum to ``1 + crop_share``): the tiles' step is then IDC-style's, not diluted."""
-    if p == 0 or crop_share is None:
-        return torch.full((images * (1 + p),), 1 / (images * (1 + p)))
-    own = 1 if on_top else 1 - crop_share
-    return torch.cat([torch.full((images,), own / images), torch.full((images * p,), crop_share / (images * p))])
+    of it (the weights sum to ``1 + crop_share``): the tiles' step is then IDC-style's, not diluted.
+
+    ``crops`` below ``images * p``: the batch holds that many crops drawn at random from the chosen ones, and
+    the crops' whole share is spread over them, so each chosen crop's expected weight is what it has in the
+    whole batch (the weighted loss is then an unbiased estimate of the whole batch's)."""
+    full = images * p
+    crops = full if crops is None else crops
+    if p == 0 or (crop_share is None and crops == full):
+        return torch.full((images + crops,), 1 / (images + crops))
+    share = p / (p + 1) if crop_share is None else crop_share  # None: the crops' share of a plain mean
+    own = 1 if on_top else 1 - share
+    return torch.cat([torch.full((images,), own / images), torch.full((crops,), share / crops)])
 
 
-def training_batch(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor, groups: int = 1) -> torch.Tensor:
+def training_batch(images: torch.Tensor, windows: torch.Tensor, index: torch.Tensor, groups: int = 1,
+                   pick: torch.Tensor | None = None) -> torch.Tensor:
     """``[images ; crop_resize(images, windows[index])]``, differentiable w.r.t. ``images``.
 
     With ``groups`` > 1 the images are that many equal consecutive groups (one per class) and the result is
     each group's ``[images_g ; crops_g]`` in turn: every class's training batch from one crop_resize call.
+    ``pick`` (groups, k) keeps k of each group's ``n * P`` crops (positions in its b-major crop order): only
+    those are cut, so the cost of the crops shrinks with k.
     """
-    if groups == 1:
+    if pick is not None:
+        n, p = images.shape[0] // groups, index.shape[1]
+        flat = (pick + torch.arange(groups, device=pick.device)[:, None] * (n * p)).flatten()
+        crops = ops.crop_resize(images[flat // p], windows, index.flatten()[flat][:, None])
+    elif groups == 1:
         return ops.crop_resize(images, windows, index, with_source=True)
-    crops = ops.crop_resize(images, windows, index)
+    else:
+        crops = ops.crop_resize(images, windows, index)
     return torch.cat([images.unflatten(0, (groups, -1)), crops.unflatten(0, (groups, -1))], 1).flatten(0, 1)

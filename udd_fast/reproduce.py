@@ -144,6 +144,8 @@ ROWS = [Row("udd", "UDD (the budget's preset: jitter policy, P=8, CFC)", paper="
             changes={"regions": {"policy": "random"}}),
         Row("udd-on-top-own-draw", "UDD, crops on top, under a DSA draw of their own (not their images')",
             changes={"regions": {"crops_on_top": True, "crop_draw": "own"}}),
+        Row("udd-on-top-sampled", "UDD, crops on top, a tenth of them drawn each step (unbiased)",
+            changes={"regions": {"crops_on_top": True, "crop_sample": 0.1}}),
         Row("udd-layer0", "UDD, windows scored on the first block's map (16 x 16 at 32 px), not the last (4 x 4)",
             changes={"regions": {"layer": 0}}),
         *[Row(f"{key}-s{steps}", f"{label}, {steps} steps", changes={**changes, "outer": steps // 100, "inner": 100})
@@ -171,7 +173,7 @@ STUDIES = {
     "cross-arch": ["udd", "idc-style"] + [r.key for r in ROWS if "@" in r.key],
     "hypotheses": ["udd", "idc-style", "udd-on-top", "idc-style-lr1.2", "udd-f1-uniform", "udd-f1-uniform-expanded",
                    "idc-style-f1", "idc-style-f1-expanded", "udd-f1", "udd-f1-expanded", "udd-random", "udd-layer0",
-                   "udd-on-top-own-draw", "udd-no-cfc"],
+                   "udd-on-top-own-draw", "udd-on-top-sampled", "udd-no-cfc"],
     "budget": ["udd", "idc-style"] + [k for k in BUDGET_ROWS if budget_base(k) in ("udd", "idc-style")],
 }
 CROSS_ARCH = ("convnet", "resnet18", "vgg11", "alexnet")
@@ -452,6 +454,8 @@ EFFECTS = [("the regions and CFC (UDD against IDC-style)", "udd", "idc-style"),
            ("the policy on the first block's map, against P random windows", "udd-layer0", "udd-random"),
            ("the policy on the first block's map, against the last block's", "udd-layer0", "udd"),
            ("the crops under a DSA draw of their own, not their images'", "udd-on-top-own-draw", "udd-on-top"),
+           ("a tenth of the crops each step, against all of them", "udd-on-top-sampled", "udd-on-top"),
+           ("a tenth of the crops on top, against IDC-style", "udd-on-top-sampled", "idc-style"),
            ("CFC", "udd", "udd-no-cfc"),
            ("the regions at factor 1 (windows of the stored image)", "udd-f1", "idc-style-f1"),
            ("the regions at factor 1, networks trained on S and its windows", "udd-f1-expanded",
