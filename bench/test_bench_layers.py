@@ -4,8 +4,9 @@ per image, at the first block of the ConvNet-3 of Fashion-MNIST (64 maps of 32 x
     pytest bench/test_bench_layers.py --benchmark-only
 
 - ``avg_pool``: forward + backward, fp32 and bf16 (``avg_pool2d`` against one GEMM);
-- ``instance_norm``: what gradient matching asks of it under bf16 autocast: forward, backward with a graph,
-  and the backward of that (the reference runs in fp32 there, the CPU form in bf16).
+- ``instance_norm``: what gradient matching asks of it, in fp32 and under bf16 autocast: forward, backward with
+  a graph, and the backward of that (under autocast the reference runs in fp32, the CPU forms in bf16); the
+  CPU form as ATen's composite (``cpu``) and with its two derivatives as the extension's kernels (``fused``).
 
 CPU only: on CUDA both layers keep torch's kernels. Freed memory is kept (``udd_fast.cpu.keep_freed_memory``),
 as in a distillation or evaluation process, so that page faults do not blur the rows.
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from timing import DEVICE, timed
-from udd_fast import cpu, reference
+from udd_fast import _extension, cpu, reference
 
 SHAPE = (64, 64, 32, 32)
 cpu.keep_freed_memory()
@@ -26,13 +27,13 @@ def pool_call(fn, dtype):
     return lambda: torch.autograd.grad(fn(x, 2), x, g)
 
 
-def norm_call(fn):
+def norm_call(fn, dtype):
     x = torch.randn(SHAPE, requires_grad=True)
     w, b = torch.rand(SHAPE[1]) + 0.5, torch.randn(SHAPE[1])
 
     def call():
-        with torch.autocast("cpu", torch.bfloat16):
-            h = x.bfloat16() * 1  # a bf16 map, as a conv under autocast returns
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+            h = x.to(dtype) * 1  # a map in the dtype a conv returns
             y = fn(h, w, b)
         gx, = torch.autograd.grad(y.float().square().sum(), x, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), x)
@@ -41,13 +42,17 @@ def norm_call(fn):
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the CPU forms; on CUDA the layers keep torch's kernels")
-@pytest.mark.parametrize("form", ["reference", "cpu"])
-@pytest.mark.parametrize("case", ["avg_pool-fp32", "avg_pool-bf16", "instance_norm-bf16-double-backward"])
+@pytest.mark.parametrize("form", ["reference", "cpu", "fused"])
+@pytest.mark.parametrize("case", ["avg_pool-fp32", "avg_pool-bf16", "instance_norm-fp32-double-backward",
+                                  "instance_norm-bf16-double-backward"])
 def test_layer(benchmark, case, form):
-    impl = {"reference": reference, "cpu": cpu}[form]
+    if form == "fused" and (case.startswith("avg_pool") or not _extension.has_op("instance_norm_double_backward")):
+        pytest.skip("the fused form is the norm's, and needs the compiled extension")
+    dtype = torch.bfloat16 if "bf16" in case else torch.float32
     benchmark.group = f"layer {case}, {SHAPE[0]} x {SHAPE[1]} x {SHAPE[2]} x {SHAPE[3]}, cpu"
     if case.startswith("avg_pool"):
-        call = pool_call(impl.avg_pool, torch.bfloat16 if "bf16" in case else torch.float32)
+        call = pool_call({"reference": reference, "cpu": cpu}[form].avg_pool, dtype)
     else:
-        call = norm_call(impl.instance_norm)
+        call = norm_call({"reference": reference.instance_norm, "cpu": cpu.instance_norm,
+                          "fused": cpu.fused_instance_norm}[form], dtype)
     timed(benchmark, call, SHAPE[0], rounds=5)

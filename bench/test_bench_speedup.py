@@ -7,12 +7,15 @@ width 128, batch 256, forward, backward and SGD step).
 - ``old``: fp32, torch's ``avg_pool2d`` and fp32 group norm (``ops``' reference layers), the real batches'
   gradients under ``torch.func.grad``, malloc as glibc sets it: the path before the layers' CPU forms,
   ``losses.real_gradients`` and ``udd_fast.cpu.keep_freed_memory``;
-- ``new-fp32``: the layers' CPU forms, the real gradients by plain autograd, freed memory kept, in fp32;
+- ``composite-norm-fp32``: ``new-fp32`` with the norm's derivatives as ATen's composite, not the extension's
+  kernels (the path before ``udd_fast.cpu.fused_instance_norm``);
+- ``new-fp32``: the layers' CPU forms (the norm's backward and double backward as the extension's kernels),
+  the real gradients by plain autograd, freed memory kept, in fp32;
 - ``new-bf16``: the same under bf16 autocast, what ``precision="auto"`` picks on a CPU with AMX or AVX-512
   BF16 (on a CPU without, the row shows what it would cost).
 
 The allocator setting lasts for a process, so every path runs in a fresh process of its own (this file run
-as a script), alternating old, new-fp32, new-bf16 for :data:`ROUNDS` rounds; a row is the best of its path's
+as a script), alternating the paths for :data:`ROUNDS` rounds; a row is the best of its path's
 timed calls. CPU only: on CUDA the layers keep torch's kernels and the allocator is CUDA's.
 """
 import json
@@ -29,7 +32,7 @@ import torch
 
 from timing import DEVICE
 
-PATHS = ("old", "new-fp32", "new-bf16")
+PATHS = ("old", "composite-norm-fp32", "new-fp32", "new-bf16")
 TARGETS = {"cpu-quick-step": 10, "eval-batch": 256}  # target -> images per call (synthetic; training)
 FMNIST_SHAPE = SimpleNamespace(channels=1, size=28, num_classes=10)  # what training_batch reads of a dataset
 ROUNDS, CALLS = 2, 3  # processes per path; timed calls per process, after one untimed
@@ -46,6 +49,8 @@ def measure(target: str, path: str) -> dict:
     if path == "old":
         ops._cpu_form = lambda t: False  # the reference layers only; crop_resize keeps its extension as before
         distiller.real_gradients = lambda *a: None  # grad_match then takes them under torch.func.grad
+    if path == "composite-norm-fp32":
+        ops._fused_norm = lambda: False
     if target == "cpu-quick-step":
         from test_bench_step import fmnist_like
         from timing import inner_step

@@ -1,5 +1,6 @@
 """``udd_fast.cpu``: the layers' CPU forms against their reference twins (forward, backward, double backward,
-each dtype, under vmap), the routing through ``ops``, and the allocator setting."""
+each dtype, under vmap), the norm's fused kernels (also inside the matching loss, and opcheck), the routing
+through ``ops``, and the allocator setting."""
 import subprocess
 import sys
 
@@ -9,8 +10,11 @@ import torch.nn.functional as F
 from torch.func import grad, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from udd_fast import cpu, ops, reference
+from udd_fast import _extension, cpu, losses, ops, reference
 from udd_fast.models import AvgPool, ConvNet, InstanceNorm
+
+FUSED = _extension.has_op("instance_norm_double_backward")
+needs_fused = pytest.mark.skipif(not FUSED, reason="the compiled extension (make build) carries the norm's kernels")
 
 SHAPES = [(2, 3, 8, 8), (2, 3, 7, 9), (1, 2, 32, 32), (3, 4, 17, 16)]  # odd sizes drop the last row/column
 # bf16 keeps 8 significant bits: a value, its gradient and the gradient of that each add roundings
@@ -27,16 +31,20 @@ def norm_case(shape, dtype):
 
 
 LAYERS = {"avg_pool": (lambda x, w, b, k: cpu.avg_pool(x, k), lambda x, w, b, k: reference.avg_pool(x, k)),
-          "instance_norm": (lambda x, w, b, k: cpu.instance_norm(x, w, b), lambda x, w, b, k: reference.instance_norm(x, w, b))}
+          "instance_norm": (lambda x, w, b, k: cpu.instance_norm(x, w, b), lambda x, w, b, k: reference.instance_norm(x, w, b)),
+          "fused_instance_norm": pytest.param(
+              (lambda x, w, b, k: cpu.fused_instance_norm(x, w, b), lambda x, w, b, k: reference.instance_norm(x, w, b)),
+              marks=needs_fused)}
 
 
 @pytest.mark.parametrize("k", [2, 4])
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("layer", list(LAYERS.values()), ids=list(LAYERS))
 def test_layer_matches_reference_through_double_backward_fp64(layer, shape, k):
     """fp64: the CPU forms are the reference's function, exactly in value and as gradcheck sees both
-    derivatives (gradient matching differentiates every layer twice)."""
-    fast, ref = LAYERS[layer]
+    derivatives (gradient matching differentiates every layer twice; for the fused norm, gradgradcheck of the
+    square also drives the weight and bias gradients' own backward)."""
+    fast, ref = layer
     x, w, b = (t.requires_grad_() for t in norm_case(shape, torch.float64))
     torch.testing.assert_close(fast(x, w, b, k), ref(x, w, b, k), atol=1e-12, rtol=1e-12)
     assert torch.autograd.gradcheck(lambda *t: fast(*t, k), (x, w, b))
@@ -44,13 +52,13 @@ def test_layer_matches_reference_through_double_backward_fp64(layer, shape, k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("layer", list(LAYERS.values()), ids=list(LAYERS))
 def test_layer_forward_backward_and_double_backward_in_each_dtype(layer, dtype):
     """In fp32 and in bf16 (the dtype autocast now runs them in), the value, the gradient w.r.t. the input and
     the gradient of that gradient's square (what a matching loss's backward takes) are as close to the fp64
     reference as the reference run in the same dtype: within rounding of it, and within ``L2_TOL`` (relative,
-    in the L2 norm) of fp64. Measured: bf16 0.2-1.4 %, fp32 below 3e-7, for both forms alike."""
-    fast, ref = LAYERS[layer]
+    in the L2 norm) of fp64. Measured: bf16 0.2-1.4 %, fp32 below 3e-7, for every form alike."""
+    fast, ref = layer
     x64, w64, b64 = norm_case((3, 8, 16, 16), torch.float64)
 
     def derivatives(fn, x, w, b):
@@ -66,8 +74,8 @@ def test_layer_forward_backward_and_double_backward_in_each_dtype(layer, dtype):
     for g, r, e, name in zip(got, same_dtype, exact, ("value", "gradient", "double backward")):
         scale = e.abs().max()
         torch.testing.assert_close(g / scale, r / scale, atol=SAME_DTYPE_ATOL[dtype], rtol=0,
-                                   msg=lambda m: f"{layer} {dtype} {name} against the reference in {dtype}: {m}")
-        assert ((g - e).norm() / e.norm()).item() < L2_TOL[dtype], f"{layer} {dtype} {name} against fp64"
+                                   msg=lambda m: f"{dtype} {name} against the reference in {dtype}: {m}")
+        assert ((g - e).norm() / e.norm()).item() < L2_TOL[dtype], f"{dtype} {name} against fp64"
 
 
 class NormDtypes(TorchDispatchMode):
@@ -100,9 +108,10 @@ def test_instance_norm_keeps_weight_bias_and_statistics_in_the_maps_dtype_under_
     assert seen == {"cpu": [(torch.bfloat16,) * 3], "reference": [(torch.bfloat16, torch.float32, torch.float32)]}
 
 
-@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("layer", ["avg_pool", "instance_norm"])
 def test_layers_under_vmap_and_func_grad(layer):
-    """The batched step vmaps the matching over classes and differentiates twice with torch.func."""
+    """The batched step vmaps the matching over classes and differentiates twice with torch.func (the fused
+    norm has no batching rule: ``ops`` routes vmapped maps to the composite form, tested below)."""
     fast, ref = LAYERS[layer]
     x, w, b = norm_case((5, 2, 3, 8, 8), torch.float64)
 
@@ -125,13 +134,84 @@ def backend():
 def test_ops_route_layers_to_cpu_forms_on_cpu_only_when_not_reference(backend, monkeypatch):
     calls = []
     monkeypatch.setattr(cpu, "avg_pool", lambda x, k: calls.append("avg_pool") or reference.avg_pool(x, k))
-    monkeypatch.setattr(cpu, "instance_norm", lambda x, w, b, eps: calls.append("norm") or reference.instance_norm(x, w, b, eps))
+    for form in ("instance_norm", "fused_instance_norm"):
+        monkeypatch.setattr(cpu, form, lambda x, w, b, eps: calls.append("norm") or reference.instance_norm(x, w, b, eps))
     net = ConvNet(1, 3, 28, width=4)
     for name in ("auto", "fast", "reference"):
         backend(name)
         calls.clear()
         net(torch.rand(2, 1, 28, 28))
         assert calls == ([] if name == "reference" else ["norm", "avg_pool"] * 3), name
+
+
+@needs_fused
+def test_ops_norm_takes_the_fused_kernels_except_under_vmap(backend, monkeypatch):
+    """The fused norm on CPU maps, under ``torch.func.grad`` too (the synthetic side of matching); the
+    composite form under ``vmap`` (the batched step), whose maps the kernels cannot take."""
+    calls = []
+    monkeypatch.setattr(cpu, "fused_instance_norm", lambda *a: calls.append("fused") or reference.instance_norm(*a))
+    monkeypatch.setattr(cpu, "instance_norm", lambda *a: calls.append("composite") or reference.instance_norm(*a))
+    backend("auto")
+    x, w, b = norm_case((2, 3, 4, 8, 8), torch.float32)
+    ops.instance_norm(x[0], w, b)
+    grad(lambda t: ops.instance_norm(t, w, b).sum())(x[0])
+    vmap(lambda t: ops.instance_norm(t, w, b))(x)
+    vmap(grad(lambda t: ops.instance_norm(t, w, b).square().sum()))(x)
+    assert calls == ["fused", "fused", "composite", "composite"]
+
+
+class KernelCalls(TorchDispatchMode):
+    """Counts calls of the norm's kernels."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {"backward": 0, "double_backward": 0}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for name in self.calls:
+            if func is getattr(torch.ops.udd_fast, f"instance_norm_{name}").default:
+                self.calls[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@needs_fused
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matching_loss_through_the_fused_norm_equals_the_composite(weighted, monkeypatch):
+    """The gradient matching loss and its gradient w.r.t. the synthetic images (the double backward through
+    every norm layer) are the composite form's in fp64, and the fused path runs both kernels."""
+    torch.manual_seed(0)
+    net = ConvNet(3, 4, 16, width=8).double()
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    names = losses.matched_names(net)
+    x_real, y_real = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.arange(8) % 4
+    y_syn = torch.arange(4)
+    w_syn = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64) if weighted else None
+
+    def loss_and_grad():
+        x_syn = torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        x_syn.requires_grad_()
+        loss, _ = losses.grad_match(net, params, names, x_real, y_real, x_syn, y_syn, w_syn)
+        return loss.detach(), torch.autograd.grad(loss, x_syn)[0]
+
+    with KernelCalls() as mode:
+        fused = loss_and_grad()
+    # 3 norm layers; backward: the real and the synthetic gradients, then the outer pass's way through the
+    # forward layers; double backward: the outer pass's way back through the synthetic gradients
+    assert mode.calls == {"backward": 3 * 3, "double_backward": 3}
+    monkeypatch.setattr(ops, "_fused_norm", lambda: False)
+    composite = loss_and_grad()
+    torch.testing.assert_close(fused, composite, rtol=1e-10, atol=1e-14)
+
+
+@needs_fused
+def test_norm_kernels_opcheck():
+    """Schema, fake tensors and autograd registration of the two kernels (``torch.library.opcheck``)."""
+    x, w, _ = norm_case((2, 3, 5, 6), torch.float64)
+    n, c = x.shape[:2]
+    _, mean, rstd = torch.native_group_norm(x, w, None, n, c, 30, c, 1e-5)
+    g, u = torch.randn_like(x), torch.randn_like(x)
+    torch.library.opcheck(torch.ops.udd_fast.instance_norm_backward, (g, x, mean, rstd, w))
+    torch.library.opcheck(torch.ops.udd_fast.instance_norm_double_backward, (u, w, None, g, x, mean, rstd, w))
 
 
 def test_model_layers_keep_torch_types_and_state_dict_keys():

@@ -1,8 +1,9 @@
 """The compiled extension ``udd_fast._C`` and the fake implementations of its ops.
 
 Importing ``udd_fast._C`` registers ``torch.ops.udd_fast.crop_resize`` and ``crop_resize_backward`` with
-their CPU (and, when built with CUDA, CUDA) kernels and their autograd; this module adds the fake
-implementations that ``torch.compile`` and ``torch.library.opcheck`` need. ``udd_fast`` requires the
+their CPU (and, when built with CUDA, CUDA) kernels and their autograd, and the CPU kernels of instance
+norm's backward and double backward (``instance_norm_backward``, ``instance_norm_double_backward``, whose
+autograd is :func:`udd_fast.cpu.fused_instance_norm`); this module adds the fake implementations that ``torch.compile`` and ``torch.library.opcheck`` need. ``udd_fast`` requires the
 extension only under backend ``fast`` (:func:`require`); otherwise :func:`available` says whether it is there
 and has a kernel for the tensors' device. A build can load and still lack the CUDA kernels (built where no
 nvcc was found), so the device is asked of the dispatcher, not inferred from a successful import.
@@ -38,6 +39,11 @@ def has_kernel(device: torch.device | str) -> bool:
     """True when the extension is loaded and registers a ``crop_resize`` kernel for tensors on ``device``."""
     return _load_error is None and torch._C._dispatch_has_kernel_for_dispatch_key("udd_fast::crop_resize",
                                                                                    _dispatch_key(device))
+
+
+def has_op(name: str) -> bool:
+    """True when the extension is loaded and defines ``torch.ops.udd_fast.<name>`` (with a CPU kernel)."""
+    return _load_error is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"udd_fast::{name}", "CPU")
 
 
 def _missing_kernel(device: torch.device | str) -> str:
@@ -134,3 +140,15 @@ if _load_error is None:
         torch._check(grad.shape[0] == b * p + (b if with_source else 0),
                      lambda: "crop_resize_backward: grad rows do not match index")
         return _empty_like_format(grad, (b, c, h, w))
+
+    if has_op("instance_norm_double_backward"):
+
+        @torch.library.register_fake("udd_fast::instance_norm_backward")
+        def _instance_norm_backward_fake(grad, x, mean, rstd, weight):
+            return torch.empty_like(x, memory_format=torch.contiguous_format), weight.new_empty(weight.shape), \
+                weight.new_empty(weight.shape)
+
+        @torch.library.register_fake("udd_fast::instance_norm_double_backward")
+        def _instance_norm_double_backward_fake(u, uw, ub, grad, x, mean, rstd, weight):
+            like = torch.empty_like(x, memory_format=torch.contiguous_format)
+            return like, torch.empty_like(like), weight.new_empty(weight.shape)

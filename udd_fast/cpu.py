@@ -3,7 +3,8 @@
 - :func:`avg_pool` and :func:`instance_norm` are the CPU forms of the ConvNet's and ResNetAp's pooling and
   norm layers (:mod:`udd_fast.ops` routes CPU tensors here; :mod:`udd_fast.reference` holds the plain forms
   they are tested against). Under bf16 autocast they keep the whole block (conv, norm, ReLU, pool) and its
-  double backward in bf16.
+  double backward in bf16. :func:`fused_instance_norm` is the norm with its backward and double backward as
+  two kernels of the compiled extension, where ATen's are a composite of map-sized ops.
 - :func:`keep_freed_memory` stops glibc's malloc from handing freed blocks back to the kernel. A network
   pass on CPU allocates and frees activation buffers of megabytes many times a second; glibc serves large
   blocks with ``mmap`` and returns them on ``free``, so every new buffer is zero-filled again, one page fault
@@ -20,6 +21,7 @@ import platform
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 _applied: bool | None = None
@@ -59,6 +61,61 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     with torch.autocast(x.device.type, enabled=False):
         return F.group_norm(x, x.shape[1], weight.to(x.dtype), bias.to(x.dtype), eps)
 
+
+
+class _FusedNormBackward(torch.autograd.Function):
+    """The backward of instance norm as one kernel, and its own backward (what matching's second
+    differentiation runs) as one more (``csrc/cpu/instance_norm_kernel.cpp`` holds both formulas). In the form
+    ``torch.func.grad`` takes (forward without ``ctx``), since the synthetic side's gradients come from it."""
+
+    @staticmethod
+    def forward(grad, x, mean, rstd, weight):
+        return torch.ops.udd_fast.instance_norm_backward(grad, x, mean, rstd, weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, u, uw, ub):
+        grad, x, mean, rstd, weight = ctx.saved_tensors
+        u = torch.zeros_like(x) if u is None else u
+        gx, gg, gw = torch.ops.udd_fast.instance_norm_double_backward(u, uw, ub, grad, x, mean, rstd, weight)
+        return gg, gx, None, None, gw
+
+
+class _FusedNorm(torch.autograd.Function):
+    """``group_norm(x, C, weight, bias)`` by ATen's forward kernel, differentiated by :class:`_FusedNormBackward`
+    (the statistics are constants there: their dependence on ``x`` is in its formulas)."""
+
+    @staticmethod
+    def forward(x, weight, bias, eps):
+        n, c = x.shape[:2]
+        return torch.native_group_norm(x, weight, bias, n, c, x[0, 0].numel(), c, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight = inputs[:2]
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(x, output[1], output[2], weight)
+
+    @staticmethod
+    def backward(ctx, g, _mean, _rstd):
+        x, mean, rstd, weight = ctx.saved_tensors
+        dx, dw, db = _FusedNormBackward.apply(g, x, mean, rstd, weight)
+        return dx, dw, db, None
+
+
+def fused_instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """:func:`instance_norm` with its backward and double backward each one kernel of the compiled extension
+    (two passes over each row of H x W values) instead of ATen's composite of some twenty map-sized ops: the
+    norm's share of a matching step, on CPU. Same dtype rule as :func:`instance_norm`; needs the extension,
+    and has no batching rule for ``torch.func`` transforms (:mod:`udd_fast.ops` routes those elsewhere)."""
+    from udd_fast import _extension  # noqa: F401  (loading it registers the kernels)
+
+    with torch.autocast(x.device.type, enabled=False):
+        return _FusedNorm.apply(x, weight.to(x.dtype), bias.to(x.dtype), eps)[0]
 
 def keep_freed_memory(device: torch.device | str = "cpu") -> bool:
     """For work on ``device``: when it is the CPU, make glibc's malloc serve every allocation from its heap (no

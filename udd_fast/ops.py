@@ -161,7 +161,24 @@ def avg_pool(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``GroupNorm(C, C)`` of ``x`` (N, C, H, W) (:func:`udd_fast.reference.instance_norm`); on CPU wholly in
-    ``x``'s dtype, bf16 under autocast (:func:`udd_fast.cpu.instance_norm`)."""
+    ``x``'s dtype, bf16 under autocast, with its backward and double backward as the extension's kernels
+    (:func:`udd_fast.cpu.fused_instance_norm`), or ATen's composite (:func:`udd_fast.cpu.instance_norm`) where
+    the extension lacks them or under ``torch.func.vmap`` (the kernels have no batching rule)."""
     if _cpu_form(x):
+        if _fused_norm() and not _under_vmap():
+            return cpu.fused_instance_norm(x, weight, bias, eps)
         return cpu.instance_norm(x, weight, bias, eps)
     return reference.instance_norm(x, weight, bias, eps)
+
+
+def _under_vmap() -> bool:
+    """Whether a ``torch.func.vmap`` is active (the batched step): the norm's kernels have no batching rule."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    return bool(stack) and any(i.key() == torch._C._functorch.TransformType.Vmap for i in stack)
+
+
+def _fused_norm() -> bool:
+    """Whether the compiled extension carries the norm's backward kernels (a build from before them does not)."""
+    from udd_fast import _extension
+
+    return _extension.has_op("instance_norm_double_backward")
