@@ -144,6 +144,17 @@ def test_ops_route_layers_to_cpu_forms_on_cpu_only_when_not_reference(backend, m
         assert calls == ([] if name == "reference" else ["norm", "avg_pool"] * 3), name
 
 
+def test_a_build_without_the_norm_kernels_takes_the_composite(backend, monkeypatch):
+    """An extension built before the kernels existed loads, and the norm then runs ATen's composite."""
+    assert _extension.has_op("no_such_op") is False
+    monkeypatch.setattr(_extension, "has_op", lambda name: False)
+    calls = []
+    monkeypatch.setattr(cpu, "instance_norm", lambda *a: calls.append("composite") or reference.instance_norm(*a))
+    backend("auto")
+    ops.instance_norm(*norm_case((2, 3, 8, 8), torch.float32))
+    assert calls == ["composite"]
+
+
 @needs_fused
 def test_ops_norm_takes_the_fused_kernels_except_under_vmap(backend, monkeypatch):
     """The fused norm on CPU maps, under ``torch.func.grad`` too (the synthetic side of matching); the

@@ -42,8 +42,14 @@ def has_kernel(device: torch.device | str) -> bool:
 
 
 def has_op(name: str) -> bool:
-    """True when the extension is loaded and defines ``torch.ops.udd_fast.<name>`` (with a CPU kernel)."""
-    return _load_error is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"udd_fast::{name}", "CPU")
+    """True when the extension is loaded and defines ``torch.ops.udd_fast.<name>`` with a CPU kernel (False for a
+    build from before the op)."""
+    if _load_error is not None:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"udd_fast::{name}", "CPU")
+    except RuntimeError:  # no such operator
+        return False
 
 
 def _missing_kernel(device: torch.device | str) -> str:
