@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import platform
 
@@ -62,7 +63,6 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
         return F.group_norm(x, x.shape[1], weight.to(x.dtype), bias.to(x.dtype), eps)
 
 
-
 class _FusedNormBackward(torch.autograd.Function):
     """The backward of instance norm as one kernel, and its own backward (what matching's second
     differentiation runs) as one more (``csrc/cpu/instance_norm_kernel.cpp`` holds both formulas). In the form
@@ -92,7 +92,7 @@ class _FusedNorm(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, eps):
         n, c = x.shape[:2]
-        return torch.native_group_norm(x, weight, bias, n, c, x[0, 0].numel(), c, eps)
+        return torch.native_group_norm(x, weight, bias, n, c, math.prod(x.shape[2:]), c, eps)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -110,12 +110,14 @@ class _FusedNorm(torch.autograd.Function):
 def fused_instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """:func:`instance_norm` with its backward and double backward each one kernel of the compiled extension
     (two passes over each row of H x W values) instead of ATen's composite of some twenty map-sized ops: the
-    norm's share of a matching step, on CPU. Same dtype rule as :func:`instance_norm`; needs the extension,
-    and has no batching rule for ``torch.func`` transforms (:mod:`udd_fast.ops` routes those elsewhere)."""
+    norm's share of a matching step, on CPU. Same dtype rule as :func:`instance_norm`; needs the extension.
+    Works under ``torch.func.grad``; has no batching rule for ``torch.func.vmap`` (:mod:`udd_fast.ops` routes
+    vmapped maps to :func:`instance_norm`)."""
     from udd_fast import _extension  # noqa: F401  (loading it registers the kernels)
 
     with torch.autocast(x.device.type, enabled=False):
         return _FusedNorm.apply(x, weight.to(x.dtype), bias.to(x.dtype), eps)[0]
+
 
 def keep_freed_memory(device: torch.device | str = "cpu") -> bool:
     """For work on ``device``: when it is the CPU, make glibc's malloc serve every allocation from its heap (no
