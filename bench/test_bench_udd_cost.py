@@ -8,7 +8,8 @@ P=8 of 12 windows, crops in the synthetic batch, CFC), IDC-style the same with `
 UDD with ``crop_sample=0.1`` (a tenth of the chosen crops in each step's batch).
 Each row is ms per stored synthetic image of one whole step (window mining, matching, network update; the
 median of three rounds); within a group the ratio of the two rows is UDD's extra cost. Printed beside it: the
-step's parts, and how many images the synthetic batch of a class holds (the crops multiply it by 1 + P at factor 1, 1 + P per tile at factor 2).
+step's parts, and how many images the synthetic batch of a class holds (the crops multiply it by 1 + P at
+factor 1, 1 + P per tile at factor 2).
 """
 import time
 
