@@ -9,8 +9,10 @@ width 128, batch 256, forward, backward and SGD step).
   ``losses.real_gradients`` and ``udd_fast.cpu.keep_freed_memory``;
 - ``composite-norm-fp32``: ``new-fp32`` with the norm's derivatives as ATen's composite, not the extension's
   kernels (the path before ``udd_fast.cpu.fused_instance_norm``);
-- ``new-fp32``: the layers' CPU forms (the norm's backward and double backward as the extension's kernels),
-  the real gradients by plain autograd, freed memory kept, in fp32;
+- ``relu-apart-fp32``: ``new-fp32`` with the ReLU after each norm as its own op (``F.relu`` and its
+  ``threshold_backward`` passes), not folded into the norm's kernels;
+- ``new-fp32``: the layers' CPU forms (the norm's backward and double backward, with the ReLU after it, as the
+  extension's kernels), the real gradients by plain autograd, freed memory kept, in fp32;
 - ``new-bf16``: the same under bf16 autocast, what ``precision="auto"`` picks on a CPU with AMX or AVX-512
   BF16 (on a CPU without, the row shows what it would cost).
 
@@ -32,7 +34,7 @@ import torch
 
 from timing import DEVICE
 
-PATHS = ("old", "composite-norm-fp32", "new-fp32", "new-bf16")
+PATHS = ("old", "composite-norm-fp32", "relu-apart-fp32", "new-fp32", "new-bf16")
 TARGETS = {"cpu-quick-step": 10, "eval-batch": 256}  # target -> images per call (synthetic; training)
 FMNIST_SHAPE = SimpleNamespace(channels=1, size=28, num_classes=10)  # what training_batch reads of a dataset
 ROUNDS, CALLS = 2, 3  # processes per path; timed calls per process, after one untimed
@@ -41,7 +43,7 @@ ROUNDS, CALLS = 2, 3  # processes per path; timed calls per process, after one u
 def measure(target: str, path: str) -> dict:
     """Run in a fresh process: the best of CALLS timed calls of ``target`` on ``path``, and the page faults
     of the fastest."""
-    from udd_fast import Distiller, distiller, ops, preset
+    from udd_fast import Distiller, cpu, distiller, ops, preset
     from udd_fast.cpu import keep_freed_memory
     from udd_fast.evaluate import protocol, training_batch
 
@@ -51,6 +53,13 @@ def measure(target: str, path: str) -> dict:
         distiller.real_gradients = lambda *a: None  # grad_match then takes them under torch.func.grad
     if path == "composite-norm-fp32":
         ops._fused_norm = lambda: False
+    if path == "relu-apart-fp32":
+        norm_alone = cpu.fused_instance_norm
+
+        def norm_then_relu(x, w, b, eps, relu=False):
+            y = norm_alone(x, w, b, eps)
+            return torch.relu(y) if relu else y
+        cpu.fused_instance_norm = norm_then_relu
     if target == "cpu-quick-step":
         from test_bench_step import fmnist_like
         from timing import inner_step

@@ -1,6 +1,6 @@
 """``udd_fast.cpu``: the layers' CPU forms against their reference twins (forward, backward, double backward,
-each dtype, under vmap), the norm's fused kernels (also inside the matching loss, and opcheck), the routing
-through ``ops``, and the allocator setting."""
+each dtype, under vmap), the norm's fused kernels, alone and with the ReLU folded in (also inside the matching
+loss, and opcheck), the routing through ``ops``, and the allocator setting."""
 import subprocess
 import sys
 
@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from udd_fast import _extension, cpu, losses, ops, reference
 from udd_fast.models import AvgPool, ConvNet, InstanceNorm
 
-FUSED = _extension.has_op("instance_norm_double_backward")
+FUSED = _extension.has_op("instance_norm_double_backward", "relu_out")
 needs_fused = pytest.mark.skipif(not FUSED, reason="the compiled extension (make build) carries the norm's kernels")
 
 SHAPES = [(2, 3, 8, 8), (2, 3, 7, 9), (1, 2, 32, 32), (3, 4, 17, 16)]  # odd sizes drop the last row/column
@@ -34,6 +34,11 @@ LAYERS = {"avg_pool": (lambda x, w, b, k: cpu.avg_pool(x, k), lambda x, w, b, k:
           "instance_norm": (lambda x, w, b, k: cpu.instance_norm(x, w, b), lambda x, w, b, k: reference.instance_norm(x, w, b)),
           "fused_instance_norm": pytest.param(
               (lambda x, w, b, k: cpu.fused_instance_norm(x, w, b), lambda x, w, b, k: reference.instance_norm(x, w, b)),
+              marks=needs_fused),
+          # the block's norm and ReLU in one op: the ReLU's backward folded into the norm's kernels
+          "fused_instance_norm_relu": pytest.param(
+              (lambda x, w, b, k: cpu.fused_instance_norm(x, w, b, relu=True),
+               lambda x, w, b, k: F.relu(reference.instance_norm(x, w, b))),
               marks=needs_fused)}
 
 
@@ -57,7 +62,9 @@ def test_layer_forward_backward_and_double_backward_in_each_dtype(layer, dtype):
     """In fp32 and in bf16 (the dtype autocast now runs them in), the value, the gradient w.r.t. the input and
     the gradient of that gradient's square (what a matching loss's backward takes) are as close to the fp64
     reference as the reference run in the same dtype: within rounding of it, and within ``L2_TOL`` (relative,
-    in the L2 norm) of fp64. Measured: bf16 0.2-1.4 %, fp32 below 3e-7, for every form alike."""
+    in the L2 norm) of fp64, or, where the reference in that dtype is further off (a ReLU's mask flips where bf16
+    rounds a value across zero), within 1.25x the reference's own distance. Measured: bf16 0.2-1.4 % (4.3 % for
+    the gradient through the ReLU, the reference's 4.35 %), fp32 below 3e-7, for every form alike."""
     fast, ref = layer
     x64, w64, b64 = norm_case((3, 8, 16, 16), torch.float64)
 
@@ -75,7 +82,8 @@ def test_layer_forward_backward_and_double_backward_in_each_dtype(layer, dtype):
         scale = e.abs().max()
         torch.testing.assert_close(g / scale, r / scale, atol=SAME_DTYPE_ATOL[dtype], rtol=0,
                                    msg=lambda m: f"{dtype} {name} against the reference in {dtype}: {m}")
-        assert ((g - e).norm() / e.norm()).item() < L2_TOL[dtype], f"{dtype} {name} against fp64"
+        bound = max(L2_TOL[dtype], 1.25 * ((r - e).norm() / e.norm()).item())
+        assert ((g - e).norm() / e.norm()).item() < bound, f"{dtype} {name} against fp64"
 
 
 class NormDtypes(TorchDispatchMode):
@@ -135,7 +143,7 @@ def test_ops_route_layers_to_cpu_forms_on_cpu_only_when_not_reference(backend, m
     calls = []
     monkeypatch.setattr(cpu, "avg_pool", lambda x, k: calls.append("avg_pool") or reference.avg_pool(x, k))
     for form in ("instance_norm", "fused_instance_norm"):
-        monkeypatch.setattr(cpu, form, lambda x, w, b, eps: calls.append("norm") or reference.instance_norm(x, w, b, eps))
+        monkeypatch.setattr(cpu, form, lambda x, w, b, eps, *relu: calls.append("norm") or reference.instance_norm(x, w, b, eps))
     net = ConvNet(1, 3, 28, width=4)
     for name in ("auto", "fast", "reference"):
         backend(name)
@@ -145,9 +153,11 @@ def test_ops_route_layers_to_cpu_forms_on_cpu_only_when_not_reference(backend, m
 
 
 def test_a_build_without_the_norm_kernels_takes_the_composite(backend, monkeypatch):
-    """An extension built before the kernels existed loads, and the norm then runs ATen's composite."""
+    """An extension built before the kernels (or before their ``relu_out``) loads, and the norm then runs ATen's
+    composite."""
     assert _extension.has_op("no_such_op") is False
-    monkeypatch.setattr(_extension, "has_op", lambda name: False)
+    assert _extension.has_op("crop_resize", "no_such_argument") is False
+    monkeypatch.setattr(_extension, "has_op", lambda *a: False)
     calls = []
     monkeypatch.setattr(cpu, "instance_norm", lambda *a: calls.append("composite") or reference.instance_norm(*a))
     backend("auto")
@@ -160,58 +170,77 @@ def test_ops_norm_takes_the_fused_kernels_except_under_vmap(backend, monkeypatch
     """The fused norm on CPU maps, under ``torch.func.grad`` too (the synthetic side of matching); the
     composite form under ``vmap`` (the batched step), whose maps the kernels cannot take."""
     calls = []
-    monkeypatch.setattr(cpu, "fused_instance_norm", lambda *a: calls.append("fused") or reference.instance_norm(*a))
+    monkeypatch.setattr(cpu, "fused_instance_norm",
+                        lambda x, w, b, eps, relu: calls.append("fused") or reference.instance_norm(x, w, b, eps))
     monkeypatch.setattr(cpu, "instance_norm", lambda *a: calls.append("composite") or reference.instance_norm(*a))
     backend("auto")
     x, w, b = norm_case((2, 3, 4, 8, 8), torch.float32)
     ops.instance_norm(x[0], w, b)
-    grad(lambda t: ops.instance_norm(t, w, b).sum())(x[0])
+    grad(lambda t: ops.instance_norm(t, w, b, relu=True).sum())(x[0])
     vmap(lambda t: ops.instance_norm(t, w, b))(x)
-    vmap(grad(lambda t: ops.instance_norm(t, w, b).square().sum()))(x)
+    out = vmap(grad(lambda t: ops.instance_norm(t, w, b, relu=True).square().sum()))(x)
     assert calls == ["fused", "fused", "composite", "composite"]
+    torch.testing.assert_close(out, vmap(grad(lambda t: F.relu(reference.instance_norm(t, w, b)).square().sum()))(x))
 
 
 class KernelCalls(TorchDispatchMode):
-    """Counts calls of the norm's kernels."""
+    """Counts calls of the norm's kernels and of ReLU's backward (``threshold_backward``)."""
 
     def __init__(self):
         super().__init__()
-        self.calls = {"backward": 0, "double_backward": 0}
+        self.calls = {"backward": 0, "double_backward": 0, "threshold_backward": 0}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         for name in self.calls:
-            if func is getattr(torch.ops.udd_fast, f"instance_norm_{name}").default:
+            op = torch.ops.aten.threshold_backward if name == "threshold_backward" else \
+                getattr(torch.ops.udd_fast, f"instance_norm_{name}")
+            if func is op.default:
                 self.calls[name] += 1
         return func(*args, **(kwargs or {}))
+
+
+def matching_loss_and_grad(dtype, weighted=False):
+    """A ConvNet's gradient matching loss and its gradient w.r.t. the synthetic images, in ``dtype``."""
+    torch.manual_seed(0)
+    net = ConvNet(3, 4, 16, width=8).to(dtype)
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    x_real, y_real = torch.randn(8, 3, 16, 16, dtype=dtype), torch.arange(8) % 4
+    w_syn = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=dtype) if weighted else None
+    x_syn = torch.randn(4, 3, 16, 16, dtype=dtype, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    loss, _ = losses.grad_match(net, params, losses.matched_names(net), x_real, y_real, x_syn, torch.arange(4), w_syn)
+    return loss.detach(), torch.autograd.grad(loss, x_syn)[0]
 
 
 @needs_fused
 @pytest.mark.parametrize("weighted", [False, True])
 def test_matching_loss_through_the_fused_norm_equals_the_composite(weighted, monkeypatch):
     """The gradient matching loss and its gradient w.r.t. the synthetic images (the double backward through
-    every norm layer) are the composite form's in fp64, and the fused path runs both kernels."""
-    torch.manual_seed(0)
-    net = ConvNet(3, 4, 16, width=8).double()
-    params = {n: p.detach() for n, p in net.named_parameters()}
-    names = losses.matched_names(net)
-    x_real, y_real = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.arange(8) % 4
-    y_syn = torch.arange(4)
-    w_syn = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64) if weighted else None
-
-    def loss_and_grad():
-        x_syn = torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        x_syn.requires_grad_()
-        loss, _ = losses.grad_match(net, params, names, x_real, y_real, x_syn, y_syn, w_syn)
-        return loss.detach(), torch.autograd.grad(loss, x_syn)[0]
-
+    every norm layer) are the composite form's in fp64, and the fused path runs both kernels, ReLU's backward
+    folded into them."""
     with KernelCalls() as mode:
-        fused = loss_and_grad()
+        fused = matching_loss_and_grad(torch.float64, weighted)
     # 3 norm layers; backward: the real and the synthetic gradients, then the outer pass's way through the
     # forward layers; double backward: the outer pass's way back through the synthetic gradients
-    assert mode.calls == {"backward": 3 * 3, "double_backward": 3}
+    assert mode.calls == {"backward": 3 * 3, "double_backward": 3, "threshold_backward": 0}
     monkeypatch.setattr(ops, "_fused_norm", lambda: False)
-    composite = loss_and_grad()
+    with KernelCalls() as mode:
+        composite = matching_loss_and_grad(torch.float64, weighted)
+    assert mode.calls == {"backward": 0, "double_backward": 0, "threshold_backward": 3 * 3 + 3}
     torch.testing.assert_close(fused, composite, rtol=1e-10, atol=1e-14)
+
+
+@needs_fused
+def test_folding_the_relu_into_the_norm_kernels_changes_no_bit(monkeypatch):
+    """The ReLU's mask applied inside the kernels gives what ReLU's own backward gives them, bit for bit in
+    fp32: folding it in changes the speed of a run, not its set."""
+    folded = matching_loss_and_grad(torch.float32, True)
+    norm_alone = cpu.fused_instance_norm
+    monkeypatch.setattr(cpu, "fused_instance_norm",
+                        lambda x, w, b, eps, relu: (F.relu if relu else torch.nn.Identity())(norm_alone(x, w, b, eps)))
+    with KernelCalls() as mode:
+        separate = matching_loss_and_grad(torch.float32, True)
+    assert mode.calls["threshold_backward"] == 3 * 3 + 3
+    assert all(torch.equal(a, b) for a, b in zip(folded, separate))
 
 
 @needs_fused
@@ -221,8 +250,11 @@ def test_norm_kernels_opcheck():
     n, c = x.shape[:2]
     _, mean, rstd = torch.native_group_norm(x, w, None, n, c, 30, c, 1e-5)
     g, u = torch.randn_like(x), torch.randn_like(x)
-    torch.library.opcheck(torch.ops.udd_fast.instance_norm_backward, (g, x, mean, rstd, w))
-    torch.library.opcheck(torch.ops.udd_fast.instance_norm_double_backward, (u, w, None, g, x, mean, rstd, w))
+    y = F.relu(torch.randn_like(x))
+    for relu_out in (None, y):
+        torch.library.opcheck(torch.ops.udd_fast.instance_norm_backward, (g, x, mean, rstd, w, relu_out))
+        torch.library.opcheck(torch.ops.udd_fast.instance_norm_double_backward,
+                              (u, w, None, g, x, mean, rstd, w, relu_out))
 
 
 def test_model_layers_keep_torch_types_and_state_dict_keys():

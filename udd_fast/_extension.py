@@ -2,8 +2,9 @@
 
 Importing ``udd_fast._C`` registers ``torch.ops.udd_fast.crop_resize`` and ``crop_resize_backward`` with
 their CPU (and, when built with CUDA, CUDA) kernels and their autograd, and the CPU kernels of instance
-norm's backward and double backward (``instance_norm_backward``, ``instance_norm_double_backward``, whose
-autograd is :func:`udd_fast.cpu.fused_instance_norm`); this module adds the fake implementations that ``torch.compile`` and ``torch.library.opcheck`` need. ``udd_fast`` requires the
+norm's backward and double backward, with or without a ReLU after the norm (``instance_norm_backward``,
+``instance_norm_double_backward``, whose autograd is :func:`udd_fast.cpu.fused_instance_norm`); this module
+adds the fake implementations that ``torch.compile`` and ``torch.library.opcheck`` need. ``udd_fast`` requires the
 extension only under backend ``fast`` (:func:`require`); otherwise :func:`available` says whether it is there
 and has a kernel for the tensors' device. A build can load and still lack the CUDA kernels (built where no
 nvcc was found), so the device is asked of the dispatcher, not inferred from a successful import.
@@ -41,15 +42,18 @@ def has_kernel(device: torch.device | str) -> bool:
                                                                                    _dispatch_key(device))
 
 
-def has_op(name: str) -> bool:
-    """True when the extension is loaded and defines ``torch.ops.udd_fast.<name>`` with a CPU kernel (False for a
-    build from before the op)."""
+def has_op(name: str, argument: str | None = None) -> bool:
+    """True when the extension is loaded and defines ``torch.ops.udd_fast.<name>`` with a CPU kernel and, given
+    ``argument``, an argument of that name (False for a build from before the op or the argument)."""
     if _load_error is not None:
         return False
     try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"udd_fast::{name}", "CPU")
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"udd_fast::{name}", "CPU"):
+            return False
     except RuntimeError:  # no such operator
         return False
+    schema = getattr(torch.ops.udd_fast, name).default._schema
+    return argument is None or any(a.name == argument for a in schema.arguments)
 
 
 def _missing_kernel(device: torch.device | str) -> str:
@@ -147,14 +151,14 @@ if _load_error is None:
                      lambda: "crop_resize_backward: grad rows do not match index")
         return _empty_like_format(grad, (b, c, h, w))
 
-    if has_op("instance_norm_double_backward"):
+    if has_op("instance_norm_double_backward", "relu_out"):
 
         @torch.library.register_fake("udd_fast::instance_norm_backward")
-        def _instance_norm_backward_fake(grad, x, mean, rstd, weight):
+        def _instance_norm_backward_fake(grad, x, mean, rstd, weight, relu_out=None):
             return torch.empty_like(x, memory_format=torch.contiguous_format), weight.new_empty(weight.shape), \
                 weight.new_empty(weight.shape)
 
         @torch.library.register_fake("udd_fast::instance_norm_double_backward")
-        def _instance_norm_double_backward_fake(u, uw, ub, grad, x, mean, rstd, weight):
+        def _instance_norm_double_backward_fake(u, uw, ub, grad, x, mean, rstd, weight, relu_out=None):
             like = torch.empty_like(x, memory_format=torch.contiguous_format)
             return like, torch.empty_like(like), weight.new_empty(weight.shape)

@@ -3,8 +3,8 @@
 - :func:`avg_pool` and :func:`instance_norm` are the CPU forms of the ConvNet's and ResNetAp's pooling and
   norm layers (:mod:`udd_fast.ops` routes CPU tensors here; :mod:`udd_fast.reference` holds the plain forms
   they are tested against). Under bf16 autocast they keep the whole block (conv, norm, ReLU, pool) and its
-  double backward in bf16. :func:`fused_instance_norm` is the norm with its backward and double backward as
-  two kernels of the compiled extension, where ATen's are a composite of map-sized ops.
+  double backward in bf16. :func:`fused_instance_norm` is the norm (and the ReLU after it) with its backward and
+  double backward as two kernels of the compiled extension, where ATen's are a composite of map-sized ops.
 - :func:`keep_freed_memory` stops glibc's malloc from handing freed blocks back to the kernel. A network
   pass on CPU allocates and frees activation buffers of megabytes many times a second; glibc serves large
   blocks with ``mmap`` and returns them on ``free``, so every new buffer is zero-filled again, one page fault
@@ -64,13 +64,14 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
 
 
 class _FusedNormBackward(torch.autograd.Function):
-    """The backward of instance norm as one kernel, and its own backward (what matching's second
-    differentiation runs) as one more (``csrc/cpu/instance_norm_kernel.cpp`` holds both formulas). In the form
-    ``torch.func.grad`` takes (forward without ``ctx``), since the synthetic side's gradients come from it."""
+    """The backward of instance norm (and of the ReLU after it, given its output ``y``) as one kernel, and its
+    own backward (what matching's second differentiation runs) as one more (``csrc/cpu/instance_norm_kernel.cpp``
+    holds the formulas). In the form ``torch.func.grad`` takes (forward without ``ctx``), since the synthetic
+    side's gradients come from it."""
 
     @staticmethod
-    def forward(grad, x, mean, rstd, weight):
-        return torch.ops.udd_fast.instance_norm_backward(grad, x, mean, rstd, weight)
+    def forward(grad, x, mean, rstd, weight, y):
+        return torch.ops.udd_fast.instance_norm_backward(grad, x, mean, rstd, weight, y)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -79,44 +80,49 @@ class _FusedNormBackward(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, u, uw, ub):
-        grad, x, mean, rstd, weight = ctx.saved_tensors
+        grad, x, mean, rstd, weight, y = ctx.saved_tensors
         u = torch.zeros_like(x) if u is None else u
-        gx, gg, gw = torch.ops.udd_fast.instance_norm_double_backward(u, uw, ub, grad, x, mean, rstd, weight)
-        return gg, gx, None, None, gw
+        gx, gg, gw = torch.ops.udd_fast.instance_norm_double_backward(u, uw, ub, grad, x, mean, rstd, weight, y)
+        # ReLU's mask is constant almost everywhere: y gets no gradient
+        return gg, gx, None, None, gw, None
 
 
 class _FusedNorm(torch.autograd.Function):
-    """``group_norm(x, C, weight, bias)`` by ATen's forward kernel, differentiated by :class:`_FusedNormBackward`
-    (the statistics are constants there: their dependence on ``x`` is in its formulas)."""
+    """``group_norm(x, C, weight, bias)``, then ReLU in place when ``relu``, by ATen's forward kernels,
+    differentiated by :class:`_FusedNormBackward` (the statistics are constants there: their dependence on ``x``
+    is in its formulas; the ReLU's output is its mask)."""
 
     @staticmethod
-    def forward(x, weight, bias, eps):
+    def forward(x, weight, bias, eps, relu):
         n, c = x.shape[:2]
-        return torch.native_group_norm(x, weight, bias, n, c, math.prod(x.shape[2:]), c, eps)
+        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, math.prod(x.shape[2:]), c, eps)
+        return y.relu_() if relu else y, mean, rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight = inputs[:2]
+        x, weight, _, _, relu = inputs
         ctx.mark_non_differentiable(output[1], output[2])
-        ctx.save_for_backward(x, output[1], output[2], weight)
+        ctx.save_for_backward(x, output[1], output[2], weight, output[0] if relu else None)
 
     @staticmethod
     def backward(ctx, g, _mean, _rstd):
-        x, mean, rstd, weight = ctx.saved_tensors
-        dx, dw, db = _FusedNormBackward.apply(g, x, mean, rstd, weight)
-        return dx, dw, db, None
+        x, mean, rstd, weight, y = ctx.saved_tensors
+        dx, dw, db = _FusedNormBackward.apply(g, x, mean, rstd, weight, y)
+        return dx, dw, db, None, None
 
 
-def fused_instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """:func:`instance_norm` with its backward and double backward each one kernel of the compiled extension
-    (two passes over each row of H x W values) instead of ATen's composite of some twenty map-sized ops: the
-    norm's share of a matching step, on CPU. Same dtype rule as :func:`instance_norm`; needs the extension.
-    Works under ``torch.func.grad``; has no batching rule for ``torch.func.vmap`` (:mod:`udd_fast.ops` routes
-    vmapped maps to :func:`instance_norm`)."""
+def fused_instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
+                        relu: bool = False) -> torch.Tensor:
+    """:func:`instance_norm` (then ReLU, when ``relu``) with its backward and double backward each one kernel of
+    the compiled extension (two passes over each row of H x W values) instead of ATen's composite of some
+    twenty map-sized ops, and ReLU's two ``threshold_backward`` passes folded into them: the block's share of a
+    matching step outside its convolution, on CPU. Same dtype rule as :func:`instance_norm`; needs the
+    extension. Works under ``torch.func.grad``; has no batching rule for ``torch.func.vmap`` (:mod:`udd_fast.ops`
+    routes vmapped maps to :func:`instance_norm`)."""
     from udd_fast import _extension  # noqa: F401  (loading it registers the kernels)
 
     with torch.autocast(x.device.type, enabled=False):
-        return _FusedNorm.apply(x, weight.to(x.dtype), bias.to(x.dtype), eps)[0]
+        return _FusedNorm.apply(x, weight.to(x.dtype), bias.to(x.dtype), eps, relu)[0]
 
 
 def keep_freed_memory(device: torch.device | str = "cpu") -> bool:

@@ -18,13 +18,18 @@ MODELS = ("convnet", "resnetap10", "resnet18", "vgg11", "alexnet")
 
 class InstanceNorm(nn.GroupNorm):
     """Instance norm with affine parameters, GroupNorm(C, C) (the DC/IDC ConvNet's 'instancenorm'), through
-    :func:`udd_fast.ops.instance_norm` (on CPU wholly in bf16 under autocast)."""
+    :func:`udd_fast.ops.instance_norm` (on CPU wholly in bf16 under autocast); ``relu``: the ReLU that follows
+    it in a block, taken in the same op so that its backward passes fold into the norm's kernels on CPU."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, relu: bool = False):
         super().__init__(c, c, affine=True)
+        self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.instance_norm(x, self.weight, self.bias, self.eps)
+        return ops.instance_norm(x, self.weight, self.bias, self.eps, self.relu)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
 
 
 class AvgPool(nn.AvgPool2d):
@@ -38,7 +43,7 @@ class AvgPool(nn.AvgPool2d):
 
 
 class ConvNet(nn.Module):
-    """ConvNet-D: D x [conv 3x3 -> instance norm -> ReLU -> avg-pool 2] -> linear.
+    """ConvNet-D: D x [conv 3x3 -> instance norm -> ReLU -> avg-pool 2] -> linear (norm and ReLU one module).
 
     28 px inputs use padding 3 in the first conv, so a depth-3 net ends on a 4x4 map as at 32 px.
     """
@@ -51,7 +56,7 @@ class ConvNet(nn.Module):
             s = s + 2 * pad - 2
             if s < 2:
                 raise UDDError(f"{size} px images are too small for a depth-{depth} ConvNet; use a smaller depth")
-            blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=pad), InstanceNorm(width), nn.ReLU(),
+            blocks.append(nn.Sequential(nn.Conv2d(c, width, 3, padding=pad), InstanceNorm(width, relu=True),
                                         AvgPool(2)))
             c, s = width, s // 2
         self.blocks = nn.ModuleList(blocks)
@@ -86,7 +91,7 @@ class BasicBlockAp(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.norm1 = InstanceNorm(cout)
+        self.norm1 = InstanceNorm(cout, relu=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         self.norm2 = InstanceNorm(cout)
         self.pool = AvgPool(2) if stride == 2 else nn.Identity()
@@ -96,7 +101,7 @@ class BasicBlockAp(nn.Module):
                                           else nn.Identity(), InstanceNorm(cout))
 
     def forward(self, x):
-        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm1(self.conv1(x))
         out = self.pool(out)
         out = self.norm2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -112,7 +117,7 @@ class ResNetAp(nn.Module):
         super().__init__()
         big = size > 128
         self.stem = nn.Sequential(nn.Conv2d(channels, width, 7 if big else 3, padding=3 if big else 1, bias=False),
-                                  InstanceNorm(width), nn.ReLU(), AvgPool(4) if big else nn.Identity())
+                                  InstanceNorm(width, relu=True), AvgPool(4) if big else nn.Identity())
         widths = [width, width * 2, width * 4, width * 8]
         layers, cin = [], width
         for i, w in enumerate(widths):
@@ -171,7 +176,7 @@ def vgg11(channels: int, num_classes: int, width: int = 64) -> nn.Module:
         if v == "M":
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         else:
-            layers += [nn.Conv2d(c, width * v, 3, padding=1), InstanceNorm(width * v), nn.ReLU()]
+            layers += [nn.Conv2d(c, width * v, 3, padding=1), InstanceNorm(width * v, relu=True)]
             c = width * v
     return _Wrapped(nn.Sequential(*layers), c, num_classes)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 from udd_fast import cpu, reference
 
@@ -159,16 +160,20 @@ def avg_pool(x: torch.Tensor, k: int) -> torch.Tensor:
     return reference.avg_pool(x, k)
 
 
-def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """``GroupNorm(C, C)`` of ``x`` (N, C, H, W) (:func:`udd_fast.reference.instance_norm`); on CPU wholly in
-    ``x``'s dtype, bf16 under autocast, with its backward and double backward as the extension's kernels
-    (:func:`udd_fast.cpu.fused_instance_norm`), or ATen's composite (:func:`udd_fast.cpu.instance_norm`) where
-    the extension lacks them or under ``torch.func.vmap`` (the kernels have no batching rule)."""
+def instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
+                  relu: bool = False) -> torch.Tensor:
+    """``GroupNorm(C, C)`` of ``x`` (N, C, H, W) (:func:`udd_fast.reference.instance_norm`), then ReLU when
+    ``relu``; on CPU wholly in ``x``'s dtype, bf16 under autocast, with its backward and double backward (the
+    ReLU's folded in) as the extension's kernels (:func:`udd_fast.cpu.fused_instance_norm`), or ATen's composite
+    (:func:`udd_fast.cpu.instance_norm`) where the extension lacks them or under ``torch.func.vmap`` (the
+    kernels have no batching rule)."""
     if _cpu_form(x):
         if _fused_norm() and not _under_vmap():
-            return cpu.fused_instance_norm(x, weight, bias, eps)
-        return cpu.instance_norm(x, weight, bias, eps)
-    return reference.instance_norm(x, weight, bias, eps)
+            return cpu.fused_instance_norm(x, weight, bias, eps, relu)
+        y = cpu.instance_norm(x, weight, bias, eps)
+    else:
+        y = reference.instance_norm(x, weight, bias, eps)
+    return F.relu(y) if relu else y
 
 
 def _under_vmap() -> bool:
@@ -178,7 +183,8 @@ def _under_vmap() -> bool:
 
 
 def _fused_norm() -> bool:
-    """Whether the compiled extension carries the norm's backward kernels (a build from before them does not)."""
+    """Whether the compiled extension carries the norm's backward kernels with the ReLU folded in (a build from
+    before them does not)."""
     from udd_fast import _extension
 
-    return _extension.has_op("instance_norm_double_backward")
+    return _extension.has_op("instance_norm_double_backward", "relu_out")

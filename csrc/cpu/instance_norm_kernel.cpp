@@ -16,6 +16,11 @@
 //     d/dx  = -(r^2 / M) [x^ (w (sum(u g) - sum(u) sum(g) / M) - 3 w sum(u x^) sum(g x^) / M)
 //                        + w sum(g x^) (u - sum(u) / M) + sum(u x^) w (g - sum(g) / M)] + uw P(g)
 //
+// With ReLU fused after the norm (`relu_out`, the block's output y = max(w x^ + b, 0), given): the backward
+// takes g = g_y [y > 0] and the double backward is the norm's with that g, its d/dg masked the same way (the
+// mask is constant almost everywhere, so it adds no term); ATen's ReLU would run two more map-sized passes
+// (threshold_backward in the backward and again in its double backward) and keep one more map.
+//
 // Every row is computed in at::opmath_type (float for bf16: a bf16 row is converted into a float buffer first,
 // and its results rounded once on the way out), so each loop is plain float arithmetic that the compiler
 // vectorizes; `omp simd reduction` lets it reassociate the sums under the build's strict floating point.
@@ -70,6 +75,22 @@ UDD_ROW_LOOP void store_row(T* row, const acc_t* values, int64_t m) {
   }
 }
 
+// g [y > 0] into `buf`, returned: the gradient that reaches the norm through the ReLU whose output is y.
+template <typename acc_t>
+UDD_ROW_LOOP const acc_t* relu_masked(const acc_t* g, const acc_t* y, int64_t m, std::vector<acc_t>& buf) {
+  buf.resize(m);
+  acc_t* out = buf.data();
+#pragma omp simd
+  for (int64_t i = 0; i < m; ++i) out[i] = y[i] > 0 ? g[i] : acc_t(0);
+  return out;
+}
+
+template <typename acc_t>
+UDD_ROW_LOOP void relu_mask_in_place(acc_t* v, const acc_t* y, int64_t m) {
+#pragma omp simd
+  for (int64_t i = 0; i < m; ++i) v[i] = y[i] > 0 ? v[i] : acc_t(0);
+}
+
 // One row of the backward: writes dx, returns (sum(g x^), sum(g)).
 template <typename acc_t>
 UDD_ROW_LOOP std::pair<acc_t, acc_t> backward_row(const acc_t* x, const acc_t* g, acc_t mu, acc_t r, acc_t w, int64_t m,
@@ -115,13 +136,20 @@ UDD_ROW_LOOP acc_t double_backward_row(const acc_t* x, const acc_t* g, const acc
 }
 
 void check_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& weight,
-                const char* name) {
+                const std::optional<at::Tensor>& relu_out, const char* name) {
   TORCH_CHECK(x.dim() >= 2, name, ": x must be (N, C, ...), got ", x.sizes());
   TORCH_CHECK(x.device().is_cpu(), name, ": CPU tensors only");
   const int64_t n = x.size(0), c = x.size(1);
   TORCH_CHECK(mean.numel() == n * c && rstd.numel() == n * c, name, ": mean and rstd must hold N * C = ", n * c,
               " values");
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == c, name, ": weight must be (C,) with C = ", c);
+  TORCH_CHECK(!relu_out.has_value() || relu_out->sizes() == x.sizes(), name,
+              ": relu_out (the ReLU's output) must have x's shape");
+}
+
+// The ReLU's output as x's dtype, contiguous; undefined without one.
+at::Tensor relu_rows(const std::optional<at::Tensor>& relu_out, const at::Tensor& x) {
+  return relu_out.has_value() && relu_out->defined() ? relu_out->to(x.scalar_type()).contiguous() : at::Tensor();
 }
 
 // The statistics and per-channel values in the accumulation type, contiguous.
@@ -129,10 +157,11 @@ at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc) { return t.to(acc).co
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                                                           const at::Tensor& mean, const at::Tensor& rstd,
-                                                                          const at::Tensor& weight) {
-  check_args(x, mean, rstd, weight, "instance_norm_backward");
+                                                                          const at::Tensor& weight,
+                                                                          const std::optional<at::Tensor>& relu_out) {
+  check_args(x, mean, rstd, weight, relu_out, "instance_norm_backward");
   TORCH_CHECK(grad.sizes() == x.sizes(), "instance_norm_backward: grad and x must have one shape");
-  const at::Tensor xc = x.contiguous(), gc = grad.to(x.scalar_type()).contiguous();
+  const at::Tensor xc = x.contiguous(), gc = grad.to(x.scalar_type()).contiguous(), yc = relu_rows(relu_out, x);
   const int64_t n = x.size(0), c = x.size(1), m = n * c == 0 ? 0 : x.numel() / (n * c);
   const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
   const at::Tensor mu = as_acc(mean, acc_type), rs = as_acc(rstd, acc_type), wt = as_acc(weight, acc_type);
@@ -141,15 +170,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(const 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "instance_norm_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *X = xc.const_data_ptr<scalar_t>(), *G = gc.const_data_ptr<scalar_t>();
+    const scalar_t* Y = yc.defined() ? yc.const_data_ptr<scalar_t>() : nullptr;
     const acc_t *MU = mu.const_data_ptr<acc_t>(), *R = rs.const_data_ptr<acc_t>(), *W = wt.const_data_ptr<acc_t>();
     scalar_t* DX = dx.data_ptr<scalar_t>();
     acc_t* S = sums.data_ptr<acc_t>();
     at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> xb, gb, db;
+      std::vector<acc_t> xb, gb, yb, mb, db;
       for (int64_t row = begin; row < end; ++row) {
         acc_t* out = out_row(DX + row * m, m, db);
-        const auto [s_gx, s_g] = backward_row(load_row(X + row * m, m, xb), load_row(G + row * m, m, gb), MU[row],
-                                              R[row], W[row % c], m, out);
+        const acc_t* g = load_row(G + row * m, m, gb);
+        if (Y) g = relu_masked(g, load_row(Y + row * m, m, yb), m, mb);
+        const auto [s_gx, s_g] = backward_row(load_row(X + row * m, m, xb), g, MU[row], R[row], W[row % c], m, out);
         store_row(DX + row * m, out, m);
         S[row] = s_gx;
         S[n * c + row] = s_g;
@@ -163,12 +194,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_backward_cpu(const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_double_backward_cpu(
     const at::Tensor& u, const std::optional<at::Tensor>& uw, const std::optional<at::Tensor>& ub,
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
-    const at::Tensor& weight) {
-  check_args(x, mean, rstd, weight, "instance_norm_double_backward");
+    const at::Tensor& weight, const std::optional<at::Tensor>& relu_out) {
+  check_args(x, mean, rstd, weight, relu_out, "instance_norm_double_backward");
   TORCH_CHECK(grad.sizes() == x.sizes() && u.sizes() == x.sizes(),
               "instance_norm_double_backward: u, grad and x must have one shape");
   const at::Tensor xc = x.contiguous(), gc = grad.to(x.scalar_type()).contiguous();
-  const at::Tensor uc = u.to(x.scalar_type()).contiguous();
+  const at::Tensor uc = u.to(x.scalar_type()).contiguous(), yc = relu_rows(relu_out, x);
   const int64_t n = x.size(0), c = x.size(1), m = n * c == 0 ? 0 : x.numel() / (n * c);
   const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
   const at::Tensor mu = as_acc(mean, acc_type), rs = as_acc(rstd, acc_type), wt = as_acc(weight, acc_type);
@@ -182,19 +213,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_double_backward_cpu
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t *X = xc.const_data_ptr<scalar_t>(), *G = gc.const_data_ptr<scalar_t>();
     const scalar_t* U = uc.const_data_ptr<scalar_t>();
+    const scalar_t* Y = yc.defined() ? yc.const_data_ptr<scalar_t>() : nullptr;
     const acc_t *MU = mu.const_data_ptr<acc_t>(), *R = rs.const_data_ptr<acc_t>(), *W = wt.const_data_ptr<acc_t>();
     const acc_t *UW = uwt.const_data_ptr<acc_t>(), *UB = ubt.const_data_ptr<acc_t>();
     scalar_t *GX = gx.data_ptr<scalar_t>(), *GG = gg.data_ptr<scalar_t>();
     acc_t* GW = gw_rows.data_ptr<acc_t>();
     at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> xb, gb, ubuf, gxb, ggb;
+      std::vector<acc_t> xb, gb, yb, mb, ubuf, gxb, ggb;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t ch = row % c;
         acc_t* gx_out = out_row(GX + row * m, m, gxb);
         acc_t* gg_out = out_row(GG + row * m, m, ggb);
-        GW[row] = double_backward_row(load_row(X + row * m, m, xb), load_row(G + row * m, m, gb),
-                                      load_row(U + row * m, m, ubuf), MU[row], R[row], W[ch], UW[ch], UB[ch], m,
-                                      gx_out, gg_out);
+        const acc_t* g = load_row(G + row * m, m, gb);
+        const acc_t* y = Y ? load_row(Y + row * m, m, yb) : nullptr;
+        if (y) g = relu_masked(g, y, m, mb);
+        GW[row] = double_backward_row(load_row(X + row * m, m, xb), g, load_row(U + row * m, m, ubuf), MU[row], R[row],
+                                      W[ch], UW[ch], UB[ch], m, gx_out, gg_out);
+        if (y) relu_mask_in_place(gg_out, y, m);
         store_row(GX + row * m, gx_out, m);
         store_row(GG + row * m, gg_out, m);
       }
@@ -206,10 +241,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_double_backward_cpu
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(udd_fast, m) {
-  m.def("instance_norm_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight) -> "
-        "(Tensor, Tensor, Tensor)");
+  // relu_out: the output of a ReLU fused after the norm (None: the norm alone)
+  m.def("instance_norm_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, "
+        "Tensor? relu_out=None) -> (Tensor, Tensor, Tensor)");
   m.def("instance_norm_double_backward(Tensor u, Tensor? uw, Tensor? ub, Tensor grad, Tensor x, Tensor mean, "
-        "Tensor rstd, Tensor weight) -> (Tensor, Tensor, Tensor)");
+        "Tensor rstd, Tensor weight, Tensor? relu_out=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(udd_fast, CPU, m) {
