@@ -138,11 +138,18 @@ def test_render_marks_a_loss_to_the_ablation():
            "moved_px": 0.01, "mue": 0.9, "eval_wall_s": 1.0, "distill_wall_s": 2.0, "source": "udd", "paper": 82.3,
            "paper_method": "UDD"}
     protocols = {n: reproduce.asdict(reproduce.protocol(n)) for n in ("plain", "dsa")}
-    data = {"dataset": "fashion-mnist", "budget": "cpu-quick", "commands": [], "figures": [],
+    # a command resumed after interruptions is one line: first start, how many runs, how the last one ended
+    commands = [{"command": "reproduce a", "started": "t1", "machine": "m"},
+                {"command": "reproduce b", "started": "t2", "machine": "m"},
+                {"command": "reproduce a", "started": "t3", "machine": "m", "finished": "t4"}]
+    data = {"dataset": "fashion-mnist", "budget": "cpu-quick", "commands": commands, "figures": [],
             "settings": {"overrides": {}, "protocols": protocols, "larger": [10, {"epochs": 100}]},
             "rows": {"ipc1/udd": row, "ipc1/idc-style": {**row, "eval": {**scores, "plain": {"mean": 71.0, "std": 0.5}},
                                                           "source": "idc-style"}}}
     md = render(data)
+    assert md.count("- `reproduce") == 2
+    assert "- `reproduce a` (started t1, run 2 times, finished t4; m)" in md
+    assert "- `reproduce b` (started t2, interrupted or still running; m)" in md
     assert "UDD does not beat the IDC-style ablation under `plain` at this budget: -1.00 points" in md
     assert 'From IPC=10 on, every protocol changes: `{"epochs": 100}`' in md
     assert "`plain`: convnet (width 128), 300 epochs" in md and "random shifts of up to 4 px" in md

@@ -512,15 +512,28 @@ def _cell(r: dict | None) -> str:
     return "—" if r is None else f"{r['mean']:.2f} ± {r['std']:.2f}"
 
 
+def command_lines(commands: list[dict]) -> list[str]:
+    """One line per distinct command and machine, in the order first run: when it first started, how many times
+    it ran (a queue stopped and resumed runs one command many times), and how its last run ended."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for c in commands:
+        runs.setdefault((c["command"], c["machine"]), []).append(c)
+    lines = []
+    for (command, machine), each in runs.items():
+        last = each[-1]
+        end = f"finished {last['finished']}" if "finished" in last else "interrupted or still running"
+        times = f", run {len(each)} times" if len(each) > 1 else ""
+        lines.append(f"- `{command}` (started {each[0]['started']}{times}, {end}; {machine})")
+    return lines
+
+
 def render(data: dict) -> str:
     """The markdown of a table record."""
     settings, rows = data["settings"], data["rows"]
     names = list(settings["protocols"])
     ipcs = sorted({r["ipc"] for r in rows.values()})
     out = [f"# {data['dataset']}: the `{data['budget']}` budget", ""]
-    for c in data["commands"]:
-        end = f"finished {c['finished']}" if "finished" in c else "interrupted or still running"
-        out.append(f"- `{c['command']}` (started {c['started']}, {end}; {c['machine']})")
+    out += command_lines(data["commands"])
     out += ["", f"**Budget.** {BUDGETS[data['budget']].notes}", ""]
     if settings["overrides"]:
         out += [f"**Overrides of the budget's preset:** `{json.dumps(settings['overrides'])}`", ""]
