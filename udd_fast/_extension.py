@@ -11,6 +11,7 @@ nvcc was found), so the device is asked of the dispatcher, not inferred from a s
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -42,6 +43,7 @@ def has_kernel(device: torch.device | str) -> bool:
                                                                                    _dispatch_key(device))
 
 
+@functools.cache  # asked on every norm call; the registered ops are fixed once ``_C`` is imported
 def has_op(name: str, argument: str | None = None) -> bool:
     """True when the extension is loaded and defines ``torch.ops.udd_fast.<name>`` with a CPU kernel and, given
     ``argument``, an argument of that name (False for a build from before the op or the argument)."""
