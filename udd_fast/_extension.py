@@ -43,12 +43,14 @@ def has_kernel(device: torch.device | str) -> bool:
                                                                                    _dispatch_key(device))
 
 
-@functools.cache  # asked on every norm call; the registered ops are fixed once ``_C`` is imported
 def has_op(name: str, argument: str | None = None) -> bool:
     """True when the extension is loaded and defines ``torch.ops.udd_fast.<name>`` with a CPU kernel and, given
     ``argument``, an argument of that name (False for a build from before the op or the argument)."""
-    if _load_error is not None:
-        return False
+    return _load_error is None and _registered(name, argument)
+
+
+@functools.cache  # asked on every norm call; the registered ops are fixed once ``_C`` is imported
+def _registered(name: str, argument: str | None) -> bool:
     try:
         if not torch._C._dispatch_has_kernel_for_dispatch_key(f"udd_fast::{name}", "CPU"):
             return False
