@@ -114,6 +114,20 @@ def test_a_resumed_row_counts_the_steps_before_its_interruption(tmp_path, monkey
     assert made["distill_wall_s"] == pytest.approx(before)
 
 
+def test_a_fixed_precision_joins_a_table_made_in_the_budgets(tmp_path):
+    """Rows added on another machine can fix the precision (distillation and evaluation) without starting another
+    table; each such row says so, and the table says which."""
+    kw = dict(overrides=QUICK, protocols=["plain"], eval_overrides={**TINY_EVAL, "repeats": 1})
+    made = harness(tmp_path, "cpu-quick", **kw).run([1], [])  # a table on disk, made in the budget's precision
+    assert made.json.exists() and made.data["settings"]["protocols"]["plain"]["precision"] == "auto"
+    h = harness(tmp_path, "cpu-quick", precision="fp32", **kw)
+    assert h.config(1, ROW["udd"]).precision == "fp32" and h.evaluations(1)["plain"].precision == "fp32"
+    assert harness(tmp_path, "cpu-quick", **kw).config(1, ROW["udd"]).precision == "auto"
+    rows = h.run([1], ["random"]).data["rows"]
+    assert rows["ipc1/random"]["precision_fixed"] == "fp32"
+    assert "fixed by `--precision` (the others: the budget's): `random` fp32." in render(h.table.data)
+
+
 def test_studies_and_errors(tmp_path):
     assert all(k in ROW for keys in STUDIES.values() for k in keys)
     quick = reproduce.BUDGETS["cpu-quick"]

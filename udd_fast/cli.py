@@ -218,7 +218,7 @@ def cmd_reproduce(args) -> dict:
                  if v is not None}
     evaluation = {k: v for k, v in {"epochs": args.epochs, "repeats": args.repeats}.items() if v is not None}
     harness = Harness(args.dataset, args.budget, args.work, args.table, args.device, overrides, evaluation,
-                      args.data_root, progress=not args.quiet, protocols=args.protocols)
+                      args.data_root, progress=not args.quiet, protocols=args.protocols, precision=args.precision)
     table = harness.run(args.ipc, keys)
     print(f"table: {table.md} (+ .json)")
     return table.data
@@ -404,6 +404,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--width", type=int, help="override the distillation network's width")
     r.add_argument("--epochs", type=int, help="override every evaluation protocol's epochs")
     r.add_argument("--repeats", type=int, help="override every evaluation protocol's number of networks")
+    r.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="fix the precision of distillation and evaluation for these rows (default: the budget's, "
+                        "auto); rows added on another machine stay comparable to the table's in fp32")
     r.set_defaults(func=cmd_reproduce)
 
     t = sub.add_parser("estimate", help="time a few inner steps of a preset (random images of the dataset's "

@@ -218,7 +218,7 @@ class Harness:
     def __init__(self, dataset: str, budget: str = "cpu-quick", work: str | os.PathLike = "runs/reproduce",
                  table: str | os.PathLike | None = None, device: str = "cpu", overrides: dict | None = None,
                  eval_overrides: dict | None = None, data_root: str | None = None, progress: bool = True,
-                 protocols=DEFAULT_PROTOCOLS):
+                 protocols=DEFAULT_PROTOCOLS, precision: str | None = None):
         if budget not in BUDGETS:
             raise UDDError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
         self.dataset, self.budget, self.device, self.progress = dataset, BUDGETS[budget], device, progress
@@ -226,21 +226,27 @@ class Harness:
         self.eval_overrides = eval_overrides or {}
         self.protocols = list(protocols)
         self.work = Path(work) / f"{dataset}-{budget}"
+        # ``precision`` belongs to the machine, like the device, not to the table: the settings are the budget's
+        # (``auto``), and a command that fixes the precision (rows added on a CPU with bf16 units to a table made in
+        # fp32 on one without) is recorded with its rows. It applies from here on.
+        self.precision = None
         settings = json.loads(json.dumps({"overrides": self.overrides, "larger": self.budget.larger,
                                           "protocols": {n: asdict(p) for n, p in self.evaluations(1).items()}}))
         self.table = Table(table or self.work / "table", dataset, budget, settings)
+        self.precision = precision
         self.train = load_dataset(dataset, True, data_root)
         self.test = load_dataset(dataset, False, data_root)
 
     def evaluations(self, ipc: int, model: str | None = None) -> dict[str, EvalProtocol]:
         """The table's evaluation protocols at ``ipc`` (the budget's changes, then the overrides), by name."""
         arch = {"model": model, "width": None} if model else {}
-        return {n: protocol(n, **{**self.budget.evaluation_at(ipc), **self.eval_overrides, **arch})
+        numerics = {"precision": self.precision} if self.precision else {}
+        return {n: protocol(n, **{**self.budget.evaluation_at(ipc), **self.eval_overrides, **arch, **numerics})
                 for n in self.protocols}
 
     def config(self, ipc: int, row: Row) -> UDDConfig:
         cfg = preset(self.budget.preset, self.dataset, ipc).replace(**self.overrides)
-        cfg = cfg.replace(**row.changes)
+        cfg = cfg.replace(**row.changes, **({"precision": self.precision} if self.precision else {}))
         return cfg.replace(lr_img=cfg.lr_img * row.lr_scale, checkpoint_every=1)
 
     def run(self, ipcs, keys) -> Table:
@@ -326,7 +332,7 @@ class Harness:
             print(f"[{key}] {row.label}", flush=True)
         protos = self.evaluations(ipc, row.model)
         record = {"label": row.label, "ipc": ipc, "paper": PAPER.get(self.dataset, {}).get(row.paper, {}).get(ipc),
-                  "paper_method": row.paper}
+                  "paper_method": row.paper, **({"precision_fixed": self.precision} if self.precision else {})}
         start = time.time()
         if row.kind == "random":
             record["eval"] = {n: _scores(random_baseline(self.train, self.test, ipc, p, self.device))
@@ -583,6 +589,10 @@ def render(data: dict) -> str:
             value = PAPER.get(data["dataset"], {}).get(method, {}).get(ipc)
             if value is not None:
                 out.append(f"| {method} (paper only; not run here) | |" + " | | |" * len(names) + f" | | | {value} |")
+        fixed = {k: r["precision_fixed"] for k, r in mine.items() if "precision_fixed" in r}
+        if fixed:
+            out += ["", "Distilled and evaluated in a precision fixed by `--precision` (the others: the budget's): "
+                    + ", ".join(f"`{k}` {p}" for k, p in fixed.items()) + "."]
         missing = [k for k in STUDIES["main"] if k not in mine]
         out += ["", f"Rows of the `main` study not run yet at this IPC: {', '.join(f'`{k}`' for k in missing)}.", ""] \
             if missing else [""]
