@@ -54,10 +54,16 @@ def _table(benchmarks) -> dict:
 
 
 def _write(path: Path, table: dict, merge: bool) -> None:
+    """``meta`` is this run's machine; ``machines`` names each group's (a merged file holds groups measured on
+    other machines, kept with the machine they were measured on; a file without ``machines`` had one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    saved = json.loads(path.read_text())["groups"] if merge and path.exists() else {}
+    saved = json.loads(path.read_text()) if merge and path.exists() else {"groups": {}}
+    machines = {g: saved.get("machines", {}).get(g, saved.get("meta")) for g in saved["groups"]}
+    machines.update({g: _meta() for g in table})
+    groups = {**saved["groups"], **table}
     tmp = path.with_name(path.name + ".tmp")  # a reader (or a kill) never sees half a file
-    tmp.write_text(json.dumps({"meta": _meta(), "groups": dict(sorted({**saved, **table}.items()))}, indent=1))
+    tmp.write_text(json.dumps({"meta": _meta(), "groups": dict(sorted(groups.items())),
+                               "machines": dict(sorted(machines.items()))}, indent=1))
     tmp.replace(path)
 
 
