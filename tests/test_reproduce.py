@@ -222,7 +222,7 @@ def test_paper_budget_on_cifar10_at_both_ipcs(tmp_path):
 def test_hypothesis_and_budget_rows_change_what_they_say():
     from types import SimpleNamespace
 
-    h = SimpleNamespace(budget=reproduce.BUDGETS["cpu-quick"], dataset="cifar10", overrides={})
+    h = SimpleNamespace(budget=reproduce.BUDGETS["cpu-quick"], dataset="cifar10", overrides={}, precision=None)
     base, lr = Harness.config(h, 1, ROW["idc-style"]), Harness.config(h, 1, ROW["idc-style-lr1.2"])
     assert lr.lr_img == pytest.approx(1.2 * base.lr_img) and lr.replace(lr_img=base.lr_img) == base
     assert (base.outer * base.inner, base.regions.policy, base.cfc) == (300, None, False)
